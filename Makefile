@@ -1,0 +1,25 @@
+# `make test` is the project's one test command (CI runs it through .ci/run): a fresh venv, install, lint, test.
+PYTHON ?= python3
+VENV ?= .test-venv
+PIP = $(VENV)/bin/pip
+
+.PHONY: test venv lint unit bench
+
+venv:
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU torch first (a local wheel here); verl's own pins would otherwise pull multi-GB CUDA builds.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[verl,test]"
+
+lint:
+	$(VENV)/bin/ruff check .
+
+unit:
+	$(VENV)/bin/python -m pytest -q
+
+test: venv lint unit
+
+bench:
+	$(VENV)/bin/python benchmarks/run_all.py

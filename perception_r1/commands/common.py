@@ -1,0 +1,122 @@
+"""Helpers shared by CLI subcommands: judge options, ``--set``, JSONL I/O with atomic writes, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import CommandError
+from ..judge.client import JudgeSettings
+from ..rewards.registry import parse_set_options
+
+
+def add_judge_options(parser: argparse.ArgumentParser) -> None:
+    """``--judge-base-url`` etc., each falling back to the launcher's env vars."""
+    group = parser.add_argument_group(
+        "judge (env-var fallbacks: VLLM_SERVER_BASE_URL, VLLM_MODEL_NAME, VLLM_SERVER_API_KEY)"
+    )
+    group.add_argument("--judge-base-url", help="comma-separated OpenAI-compatible base URLs (replicas)")
+    group.add_argument("--judge-model", help="served model name")
+    group.add_argument(
+        "--judge-api-key", help="API key (prefer the VLLM_SERVER_API_KEY env var: argv is visible to ps)"
+    )
+    group.add_argument("--judge-max-concurrency", type=int, help="in-flight requests per process (default 64)")
+    group.add_argument("--judge-timeout", type=float, help="per-request timeout in seconds (default 60)")
+    group.add_argument("--judge-max-retries", type=int, help="retries after the first attempt (default 3)")
+
+
+def judge_settings_from_args(args: argparse.Namespace) -> JudgeSettings | None:
+    """Judge settings from CLI options and env vars; ``None`` when no base URL is configured."""
+    try:
+        return JudgeSettings.from_env(
+            base_url=args.judge_base_url,
+            model=args.judge_model,
+            api_key=args.judge_api_key,
+            max_concurrency=args.judge_max_concurrency,
+            timeout_s=args.judge_timeout,
+            max_retries=getattr(args, "judge_max_retries", None),
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run settings, e.g. --set visual_weight=0.5 coord_frame=qwen2_5_vl",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, str]:
+    try:
+        return parse_set_options(args.settings)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, object)`` for each non-blank line; ``CommandError`` naming the line on bad JSON."""
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror}") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CommandError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+
+
+@contextmanager
+def atomic_writer(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
+    """Write to a temp file beside ``path`` and rename it into place only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -> None:
+    with atomic_writer(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def progress(total: int | None, desc: str, unit: str = "row") -> Any:
+    """A tqdm bar on stderr (rate and ETA); disabled when ``PERCEPTION_R1_NO_PROGRESS=1``."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=os.environ.get("PERCEPTION_R1_NO_PROGRESS") == "1",
+    )

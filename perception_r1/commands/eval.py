@@ -1,0 +1,28 @@
+"""``perception-r1 eval …``: benchmark inference, metrics, statistics and reports.
+
+Each module in :data:`EVAL_MODULES` exposes ``register(subparsers)`` adding its own ``eval`` sub-commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+EVAL_MODULES = (
+    "perception_r1.eval.cli_inference",  # eval run / eval score (benchmarks through a served checkpoint)
+    "perception_r1.eval.cli_metrics",  # eval coco / eval mcnemar / eval report
+)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("eval", help="evaluate checkpoints: benchmarks, metrics, McNemar, reports")
+    commands = parser.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND")
+    for module_name in EVAL_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        module.register(commands)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)

@@ -1,0 +1,25 @@
+"""Pure scoring: response text + ground truth -> score and named components, registered by ``data_source``."""
+
+from .registry import (
+    Components,
+    IsolatedCheck,
+    Task,
+    build_settings,
+    check_setting_keys,
+    get_task,
+    parse_set_options,
+    register_task,
+    registered_tasks,
+)
+
+__all__ = [
+    "Components",
+    "IsolatedCheck",
+    "Task",
+    "build_settings",
+    "check_setting_keys",
+    "get_task",
+    "parse_set_options",
+    "register_task",
+    "registered_tasks",
+]

@@ -1,0 +1,102 @@
+"""``geo3k_visual``: the visual-perception reward of "Perception-R1: Advancing Multimodal Reasoning ... via
+Visual Perception Reward".
+
+``score = format_weight·format + accuracy_weight·accuracy + visual_weight·visual + ngram_penalty``, with the
+released run's defaults 0.1 / 0.9 / 0.7. ``visual`` (hits / #annotations) comes from the judge step of the
+scoring engine; rows without annotations have ``visual = None`` and score on the other terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .format import format_reward
+from .math_answer import accuracy_from_key, accuracy_key
+from .ngram import ngram_penalty
+from .registry import Components, IsolatedCheck, Task, register_task
+
+DATA_SOURCE = "geo3k_visual"
+
+
+@dataclass(frozen=True)
+class Geo3kVisualSettings:
+    """Run settings of the geo3k visual-perception reward (``--set key=value``)."""
+
+    format_weight: float = 0.1
+    accuracy_weight: float = 0.9
+    visual_weight: float = 0.7
+    ngram_size: int = 20
+    ngram_max_penalty: float = -2.0
+    math_timeout_s: float = 5.0
+    """math-verify's own parse/verify timeout (runs on a worker's main thread)."""
+    math_hard_timeout_s: float = 15.0
+    """Hard limit per accuracy check: past it the worker process is killed and accuracy is 0."""
+
+
+def validate(ground_truth: Any, extra_info: Mapping[str, Any]) -> None:
+    """Ground truth must be a non-empty string/number; ``visual_annotations`` a list of non-empty strings."""
+    if (
+        isinstance(ground_truth, bool)
+        or not isinstance(ground_truth, (str, int, float))
+        or not str(ground_truth).strip()
+    ):
+        raise ValueError(f"ground_truth: expected a non-empty answer string, got {ground_truth!r}")
+    annotations = (extra_info or {}).get("visual_annotations")
+    if annotations is None:
+        return
+    if isinstance(annotations, str) or not hasattr(annotations, "__iter__"):
+        raise ValueError(f"extra_info.visual_annotations: expected a list of strings, got {type(annotations).__name__}")
+    for i, item in enumerate(annotations):
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"extra_info.visual_annotations[{i}]: expected a non-empty string, got {item!r}")
+
+
+def annotations(extra_info: Mapping[str, Any]) -> list[str] | None:
+    """The row's visual annotations (``None`` when it has none)."""
+    items = (extra_info or {}).get("visual_annotations")
+    if items is None:
+        return None
+    items = [str(a) for a in items]
+    return items or None
+
+
+def rule_components(
+    response: str, ground_truth: Any, extra_info: Mapping[str, Any], s: Geo3kVisualSettings
+) -> Components:
+    """``format`` and ``ngram_penalty`` (``accuracy`` is the isolated check, ``visual`` the judge step)."""
+    return {
+        "format": format_reward(response),
+        "ngram_penalty": ngram_penalty(response, n=s.ngram_size, max_penalty=s.ngram_max_penalty),
+    }
+
+
+def combine(c: Components, s: Geo3kVisualSettings) -> float:
+    """The weighted sum; a ``None`` visual (no annotations) contributes nothing."""
+    visual = c.get("visual")
+    return (
+        s.format_weight * (c.get("format") or 0.0)
+        + s.accuracy_weight * (c.get("accuracy") or 0.0)
+        + (s.visual_weight * visual if visual is not None else 0.0)
+        + (c.get("ngram_penalty") or 0.0)
+    )
+
+
+TASK = register_task(
+    Task(
+        data_source=DATA_SOURCE,
+        settings=Geo3kVisualSettings,
+        validate=validate,
+        rule_components=rule_components,
+        combine=combine,
+        output_keys=("format", "accuracy", "visual", "ngram_penalty", "judge_failed"),
+        isolated=IsolatedCheck(
+            component="accuracy",
+            key=accuracy_key,
+            fn=accuracy_from_key,
+            timeout_s=lambda s: s.math_hard_timeout_s,
+        ),
+        annotations=annotations,
+    )
+)

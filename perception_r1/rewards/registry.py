@@ -1,0 +1,182 @@
+"""The task registry: ``data_source`` -> how to score a response for it.
+
+A :class:`Task` bundles the pure pieces the scoring engine needs. Rule components are computed in-process;
+an optional :class:`IsolatedCheck` (slow or risky work such as math-verify) runs in a worker process with a hard
+time limit and is memoized; an optional judge step asks the judge LLM about annotations. ``combine`` turns the
+components into the scalar ``score``. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Components = dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class IsolatedCheck:
+    """A pure check run off the main process under a hard time limit, memoized by ``key``.
+
+    ``key(response, ground_truth, settings)`` returns a hashable, picklable key (or ``None`` to skip the check and
+    use ``default``); ``fn(key, settings)`` must be a module-level function (it is pickled to a worker process) and
+    returns a float. Rows with equal keys share one evaluation: GRPO groups repeat answers.
+    """
+
+    component: str
+    key: Callable[[str, Any, Any], Hashable | None]
+    fn: Callable[[Hashable, Any], float]
+    timeout_s: Callable[[Any], float]
+    default: float = 0.0
+
+
+@dataclass(frozen=True)
+class Task:
+    """How one ``data_source`` is scored.
+
+    - ``settings``: a dataclass whose fields (all with defaults) are this task's run settings (``--set k=v``).
+    - ``validate(ground_truth, extra_info)``: raises ``ValueError`` naming the field when ground truth is malformed.
+    - ``rule_components(response, ground_truth, extra_info, settings)``: pure; never raises on model output.
+    - ``combine(components, settings)``: the scalar score from the components.
+    - ``isolated``: optional slow/risky check (see :class:`IsolatedCheck`).
+    - ``annotations(extra_info)``: optional judge step; returns the annotations to verify (``None``/empty: no judge).
+    - ``output_keys``: the component names every output row carries, in order (``score`` first is implied).
+    """
+
+    data_source: str
+    settings: type
+    validate: Callable[[Any, Mapping[str, Any]], None]
+    rule_components: Callable[[str, Any, Mapping[str, Any], Any], Components]
+    combine: Callable[[Components, Any], float]
+    output_keys: tuple[str, ...]
+    isolated: IsolatedCheck | None = None
+    annotations: Callable[[Mapping[str, Any]], list[str] | None] | None = None
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Register ``task`` under its ``data_source``; re-registering the same name with another task is an error."""
+    existing = _TASKS.get(task.data_source)
+    if existing is not None and existing is not task:
+        raise ValueError(f"data_source {task.data_source!r} is already registered")
+    _TASKS[task.data_source] = task
+    return task
+
+
+def _load_builtin_tasks() -> None:
+    # Importing the task modules registers them; entry points let other packages add tasks.
+    from importlib import import_module
+    from importlib.metadata import entry_points
+
+    for module in _BUILTIN_TASK_MODULES:
+        try:
+            import_module(module)
+        except ModuleNotFoundError as exc:  # a task module that has not been written yet
+            if exc.name != module:
+                raise
+    for ep in entry_points(group="perception_r1.tasks"):
+        ep.load()
+
+
+_BUILTIN_TASK_MODULES = (
+    "perception_r1.rewards.geo3k_visual",
+    "perception_r1.rewards.grounding",
+    "perception_r1.rewards.counting",
+    "perception_r1.rewards.ocr",
+    "perception_r1.rewards.detection",
+)
+_loaded = False
+
+
+def registered_tasks() -> dict[str, Task]:
+    """All registered tasks by ``data_source`` (built-ins and entry-point plugins)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        _load_builtin_tasks()
+    return dict(_TASKS)
+
+
+def get_task(data_source: str) -> Task:
+    """The task for ``data_source``; ``KeyError`` with the known names otherwise."""
+    tasks = registered_tasks()
+    try:
+        return tasks[data_source]
+    except KeyError:
+        raise KeyError(f"unknown data_source {data_source!r}; known: {sorted(tasks)}") from None
+
+
+# ---------------------------------------------------------------- settings
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a ``--set`` string (or a config value) to the field's declared type."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing))  # dataclass annotations under `from __future__ import annotations`
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
+            return None
+        annotation = args[0]
+        origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ValueError(f"setting {key!r}: expected one of {list(choices)}, got {value!r}")
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"setting {key!r}: expected a boolean, got {value!r}")
+    if annotation in (int, float, str):
+        try:
+            return annotation(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"setting {key!r}: expected {annotation.__name__}, got {value!r}") from None
+    return value
+
+
+def build_settings(settings_cls: type, overrides: Mapping[str, Any]) -> Any:
+    """Instantiate ``settings_cls`` from the overrides whose keys are its fields (others are ignored)."""
+    hints = typing.get_type_hints(settings_cls)
+    kwargs = {}
+    for f in dataclasses.fields(settings_cls):
+        if f.name in overrides:
+            kwargs[f.name] = _coerce(overrides[f.name], hints.get(f.name, f.type), f.name)
+    return settings_cls(**kwargs)
+
+
+def known_setting_keys() -> set[str]:
+    """Every settings key any registered task understands."""
+    return {f.name for task in registered_tasks().values() for f in dataclasses.fields(task.settings)}
+
+
+def check_setting_keys(overrides: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first override no task understands (a typo must not be ignored)."""
+    known = known_setting_keys()
+    for key in overrides:
+        if key not in known:
+            raise ValueError(f"unknown setting {key!r}; known settings: {sorted(known)}")
+
+
+def parse_set_options(items: list[str] | None) -> dict[str, str]:
+    """Parse ``["k=v", ...]`` from ``--set`` into a dict; ``ValueError`` on an item without ``=``."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out

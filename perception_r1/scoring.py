@@ -1,0 +1,226 @@
+"""The scoring engine: one code path for training (verl reward manager) and the offline ``score`` command.
+
+For a row ``(data_source, response, ground_truth, extra_info)`` it looks up the task, computes the rule
+components in-process, runs the task's isolated check (math-verify) in a :class:`HardTimeoutPool` with a memo
+shared by equal keys, asks the judge when the task has annotations, and combines everything into ``score``.
+Nothing raises on model output; a judge failure becomes ``visual = 0, judge_failed = 1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .isolation import TIMED_OUT, HardTimeoutPool
+from .judge.client import JudgeClient
+from .judge.visual import judge_visual
+from .rewards.registry import Task, build_settings, check_setting_keys, get_task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoreRow:
+    """One input row of the scoring contract."""
+
+    data_source: str
+    response: str
+    ground_truth: Any
+    extra_info: Mapping[str, Any]
+
+
+@dataclass
+class Scored:
+    """The result for one row: ``values`` is the output row (``score`` first, then the task's components)."""
+
+    values: dict[str, float | int | None]
+    judge_latency_s: float | None = None
+    isolated_timed_out: bool = False
+
+
+class RewardScorer:
+    """Scores rows; create one per process and reuse it (it owns the worker pool, memo and judge client).
+
+    Args:
+        settings: run settings (``--set`` / ``reward.reward_kwargs``), validated against every task's fields.
+        judge: the judge client, or ``None`` (rows that need a judge then get ``judge_failed = 1``).
+        workers: processes for isolated checks (default: CPU count, at most 8).
+        memo_size: how many isolated-check results to remember.
+    """
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any] | None = None,
+        judge: JudgeClient | None = None,
+        workers: int | None = None,
+        memo_size: int = 200_000,
+    ) -> None:
+        self.overrides = dict(settings or {})
+        check_setting_keys(self.overrides)
+        self.judge = judge
+        self._workers = workers
+        self._pool: HardTimeoutPool | None = None
+        self._settings: dict[str, Any] = {}
+        self._memo: OrderedDict[tuple[str, Hashable], Any] = OrderedDict()
+        self._memo_size = memo_size
+        self._warned_no_judge = False
+        self.judge_failures = 0
+        self.judge_calls = 0
+        self.isolated_errors = 0
+        self.isolated_timeouts = 0
+
+    # ------------------------------------------------------------- helpers
+
+    def settings_for(self, task: Task) -> Any:
+        """The task's settings dataclass built from this run's overrides (cached)."""
+        cached = self._settings.get(task.data_source)
+        if cached is None:
+            cached = self._settings[task.data_source] = build_settings(task.settings, self.overrides)
+        return cached
+
+    @property
+    def pool(self) -> HardTimeoutPool:
+        if self._pool is None:
+            self._pool = HardTimeoutPool(self._workers)
+        return self._pool
+
+    def validate(self, row: ScoreRow) -> Task:
+        """The row's task after checking its ground truth; ``KeyError``/``ValueError`` on bad rows."""
+        task = get_task(row.data_source)
+        task.validate(row.ground_truth, row.extra_info or {})
+        return task
+
+    async def _isolated(self, task: Task, settings: Any, row: ScoreRow) -> tuple[float, bool]:
+        check = task.isolated
+        assert check is not None
+        key = check.key(row.response, row.ground_truth, settings)
+        if key is None:
+            return check.default, False
+        memo_key = (task.data_source, key)
+        entry = self._memo.get(memo_key)
+        if entry is None:
+            future = self.pool.submit(check.fn, (key, settings), check.timeout_s(settings))
+            entry = asyncio.wrap_future(future)
+            self._memo[memo_key] = future
+            if len(self._memo) > self._memo_size:
+                self._memo.popitem(last=False)
+        else:
+            self._memo.move_to_end(memo_key)
+            entry = asyncio.wrap_future(entry)
+        try:
+            value = await entry
+        except Exception as exc:  # a bug or a dead worker: score this row's check as failed, keep training
+            self.isolated_errors += 1
+            if self.isolated_errors in (1, 10, 100, 1000):
+                logger.warning("isolated check %s failed (%d so far): %s", check.component, self.isolated_errors, exc)
+            return check.default, False
+        if value is TIMED_OUT:
+            self.isolated_timeouts += 1
+            logger.warning(
+                "isolated check %s hit its hard time limit (%d so far); scoring it %s",
+                check.component,
+                self.isolated_timeouts,
+                check.default,
+            )
+            return check.default, True
+        return float(value), False
+
+    # ------------------------------------------------------------- scoring
+
+    async def score(self, row: ScoreRow) -> Scored:
+        """Score one row (validates it first)."""
+        task = self.validate(row)
+        settings = self.settings_for(task)
+        response = row.response if isinstance(row.response, str) else ""
+        extra_info = row.extra_info or {}
+        try:
+            components: dict[str, Any] = dict(task.rule_components(response, row.ground_truth, extra_info, settings))
+        except Exception:  # scorers must not raise on model output; if one does, log it and score the minimum
+            logger.exception("rule scorer for %s raised; scoring the row as garbage", task.data_source)
+            components = {}
+
+        jobs = []
+        if task.isolated is not None:
+            jobs.append(self._isolated(task, settings, row))
+        annotations = task.annotations(extra_info) if task.annotations is not None else None
+        if task.annotations is not None:
+            jobs.append(self._judge(annotations, response))
+        results = await asyncio.gather(*jobs)
+
+        timed_out = False
+        latency = None
+        index = 0
+        if task.isolated is not None:
+            components[task.isolated.component], timed_out = results[index]
+            index += 1
+        if task.annotations is not None:
+            components["visual"], components["judge_failed"], latency = results[index]
+
+        values: dict[str, Any] = {"score": 0.0}
+        for key in task.output_keys:
+            value = components.get(key, 0.0)
+            values[key] = _clean(value)
+        values["score"] = _clean(task.combine(values, settings)) or 0.0
+        return Scored(values=values, judge_latency_s=latency, isolated_timed_out=timed_out)
+
+    async def _judge(self, annotations: list[str] | None, response: str) -> tuple[float | None, int, float | None]:
+        if not annotations:
+            return None, 0, None
+        if self.judge is None:
+            if not self._warned_no_judge:
+                logger.warning("rows have visual annotations but no judge is configured: visual = 0, judge_failed = 1")
+                self._warned_no_judge = True
+            self.judge_failures += 1
+            return 0.0, 1, None
+        self.judge_calls += 1
+        verdict = await judge_visual(self.judge, annotations, response)
+        if verdict.failed:
+            self.judge_failures += 1
+            return 0.0, 1, None
+        return verdict.visual, 0, verdict.latency_s
+
+    async def score_many(self, rows: Iterable[ScoreRow], on_done: Callable[[int], None] | None = None) -> list[Scored]:
+        """Score rows concurrently (the judge client bounds in-flight requests); results keep input order."""
+
+        async def one(row: ScoreRow) -> Scored:
+            result = await self.score(row)
+            if on_done is not None:
+                on_done(1)
+            return result
+
+        results = await asyncio.gather(*(one(row) for row in rows))
+        if self.judge_failures:
+            logger.warning(
+                "judge failed for %d of %d judged rows (visual = 0, judge_failed = 1)",
+                self.judge_failures,
+                max(self.judge_calls, self.judge_failures),
+            )
+        return list(results)
+
+    async def aclose(self) -> None:
+        """Close the judge's connections on the running loop (call before the loop ends)."""
+        if self.judge is not None:
+            await self.judge.aclose()
+
+    def close(self) -> None:
+        """Stop worker processes."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+def _clean(value: Any) -> float | int | None:
+    """Components as plain JSON numbers: ints stay ints, NaN/inf become 0.0, ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    value = float(value)
+    return value if math.isfinite(value) else 0.0
