@@ -4,6 +4,10 @@
 math-verify's SIGALRM timeouts do nothing off the main thread. Here every worker is its own process driven by a
 parent-side thread: a task that overruns its limit gets its process killed and replaced, and only that task
 reports :data:`TIMED_OUT`; other tasks, and their scores, are untouched.
+
+The clock covers the call only. A fresh worker (at start, or after a kill) first imports the module of the function
+it is about to run and calls that module's ``warm_worker()`` if it has one (math-verify builds its parsers there),
+untimed: slow imports on a loaded machine must not make a legitimate check, run right after a kill, time out.
 """
 
 from __future__ import annotations
@@ -33,6 +37,17 @@ TIMED_OUT: Any = _TimedOut()
 
 
 _HEADER = struct.Struct("!Q")
+STARTUP_TIMEOUT_S = 300.0
+"""How long a fresh worker may take to start and warm up (not counted against any task's limit)."""
+
+
+def _warm_module(module: str) -> None:
+    """Worker side: import ``module`` and run its ``warm_worker()`` hook if it defines one."""
+    from importlib import import_module
+
+    hook = getattr(import_module(module), "warm_worker", None)
+    if callable(hook):
+        hook()
 
 
 def _write_frame(fd: int, obj: Any) -> None:
@@ -89,6 +104,7 @@ class _Slot:
     def __init__(self, pool: HardTimeoutPool) -> None:
         self.pool = pool
         self.process: subprocess.Popen | None = None
+        self.warmed: set[str] = set()  # modules the current process has imported and warmed
         self.thread = threading.Thread(target=self._run, daemon=True, name="perception-r1-isolation")
         self.thread.start()
 
@@ -105,7 +121,18 @@ class _Slot:
         )
         return self.process
 
+    def _warm(self, process: subprocess.Popen, module: str) -> None:
+        """Import (and warm) ``module`` in the worker, untimed; raises ``OSError`` if it never answers."""
+        assert process.stdin is not None and process.stdout is not None
+        _write_frame(process.stdin.fileno(), (_warm_module, (module,)))
+        ready, _, _ = select.select([process.stdout.fileno()], [], [], STARTUP_TIMEOUT_S)
+        if not ready:
+            raise OSError(f"worker did not start within {STARTUP_TIMEOUT_S:.0f} s")
+        _read_frame(process.stdout.fileno())  # an import error shows up again, with context, on the real call
+        self.warmed.add(module)
+
     def _stop_process(self) -> None:
+        self.warmed = set()
         process, self.process = self.process, None
         if process is None:
             return
@@ -128,6 +155,9 @@ class _Slot:
             try:
                 process = self._ensure_process()
                 assert process.stdin is not None and process.stdout is not None
+                module = getattr(fn, "__module__", None)
+                if module and module not in self.warmed:
+                    self._warm(process, module)
                 _write_frame(process.stdin.fileno(), (fn, args))
                 ready, _, _ = select.select([process.stdout.fileno()], [], [], timeout_s)
                 if ready:

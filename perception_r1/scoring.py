@@ -19,7 +19,7 @@ from typing import Any
 from .isolation import TIMED_OUT, HardTimeoutPool
 from .judge.client import JudgeClient
 from .judge.visual import judge_visual
-from .rewards.registry import Task, build_settings, check_setting_keys, get_task
+from .rewards.registry import Task, build_settings, check_setting_keys, get_task, registered_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class RewardScorer:
         self.judge_calls = 0
         self.isolated_errors = 0
         self.isolated_timeouts = 0
+        for task in registered_tasks().values():  # a bad value (e.g. coord_frame=yolo) fails here, not mid-run
+            self.settings_for(task)
 
     # ------------------------------------------------------------- helpers
 
@@ -184,23 +186,36 @@ class RewardScorer:
             return 0.0, 1, None
         return verdict.visual, 0, verdict.latency_s
 
-    async def score_many(self, rows: Iterable[ScoreRow], on_done: Callable[[int], None] | None = None) -> list[Scored]:
-        """Score rows concurrently (the judge client bounds in-flight requests); results keep input order."""
+    async def score_many(
+        self, rows: Iterable[ScoreRow], on_done: Callable[[int], None] | None = None, window: int | None = None
+    ) -> list[Scored]:
+        """Score rows concurrently; results keep input order.
 
-        async def one(row: ScoreRow) -> Scored:
-            result = await self.score(row)
-            if on_done is not None:
-                on_done(1)
-            return result
+        At most ``window`` rows are in flight (default: 4x the judge's concurrency, at least 256). Starting every
+        row at once would run all the rule scoring before the first judge request leaves; a window keeps the
+        CPU work and the judge's latency overlapped.
+        """
+        rows = list(rows)
+        results: list[Scored | None] = [None] * len(rows)
+        if window is None:
+            concurrency = self.judge.settings.max_concurrency if self.judge is not None else 64
+            window = max(256, 4 * concurrency)
+        pending = iter(enumerate(rows))
 
-        results = await asyncio.gather(*(one(row) for row in rows))
+        async def lane() -> None:
+            for index, row in pending:  # lanes share one iterator: each row is taken once
+                results[index] = await self.score(row)
+                if on_done is not None:
+                    on_done(1)
+
+        await asyncio.gather(*(lane() for _ in range(max(1, min(window, len(rows))))))
         if self.judge_failures:
             logger.warning(
                 "judge failed for %d of %d judged rows (visual = 0, judge_failed = 1)",
                 self.judge_failures,
                 max(self.judge_calls, self.judge_failures),
             )
-        return list(results)
+        return [r for r in results if r is not None]
 
     async def aclose(self) -> None:
         """Close the judge's connections on the running loop (call before the loop ends)."""

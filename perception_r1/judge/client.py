@@ -36,6 +36,31 @@ class JudgeUnavailable(JudgeError):
     """The preflight found no usable judge: unreachable, or not serving the configured model."""
 
 
+class MalformedCompletion(ValueError):
+    """The server answered 2xx with a body that is not a chat completion (retried like a 5xx)."""
+
+
+def _parse_completion(body: Any) -> tuple[str, dict[str, Any]]:
+    """``(text, usage)`` from a chat-completion JSON body; :class:`MalformedCompletion` when it is not one."""
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise MalformedCompletion(f"not a chat completion: {type(body).__name__}")
+    text = ""
+    if body["choices"]:
+        choice = body["choices"][0]
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        text = content if isinstance(content, str) else ""
+    usage = body.get("usage")
+    return text, usage if isinstance(usage, dict) else {}
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 @dataclass(frozen=True)
 class JudgeSettings:
     """Where the judge is and how to talk to it. ``api_key`` is excluded from ``repr``."""
@@ -135,6 +160,8 @@ def _is_retryable(exc: BaseException) -> bool:
 
     if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, asyncio.TimeoutError)):
         return True
+    if isinstance(exc, ValueError):  # a 2xx whose body is not JSON or not a chat completion: a broken replica
+        return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code == 429 or exc.status_code >= 500
     return False
@@ -149,6 +176,8 @@ def _describe(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, openai.APIConnectionError):
         return "connection error"
+    if isinstance(exc, ValueError):
+        return "malformed response"
     return type(exc).__name__
 
 
@@ -211,7 +240,11 @@ class JudgeClient:
                 client = clients[next(self._rr) % len(clients)]
                 self.stats.requests += 1
                 try:
-                    response = await client.chat.completions.create(**request)
+                    # The generic ``post`` of the openai client (auth, base URL, status errors) without the
+                    # typed ``chat.completions.create`` layer: its recursive TypedDict transform of the messages
+                    # and pydantic response models cost ~2.5 ms CPU per request vs ~0.8 ms (docs/benchmarks.md).
+                    response = await client.post("/chat/completions", body=request, cast_to=object)
+                    text, usage = _parse_completion(response)
                 except Exception as exc:
                     last = exc
                     if not _is_retryable(exc) or attempt == settings.max_retries:
@@ -220,14 +253,10 @@ class JudgeClient:
                     delay = min(settings.backoff_max_s, settings.backoff_s * 2**attempt)
                     await asyncio.sleep(delay * (0.5 + random.random() / 2))
                     continue
-                usage = getattr(response, "usage", None)
-                prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-                completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+                prompt_tokens = _int(usage.get("prompt_tokens"))
+                completion_tokens = _int(usage.get("completion_tokens"))
                 self.stats.prompt_tokens += prompt_tokens
                 self.stats.completion_tokens += completion_tokens
-                text = ""
-                if response.choices:
-                    text = response.choices[0].message.content or ""
                 return ChatResult(
                     text=text,
                     latency_s=time.perf_counter() - start,

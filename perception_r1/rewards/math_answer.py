@@ -8,6 +8,7 @@ which only works on a process's main thread, so the scoring engine runs it in a 
 from __future__ import annotations
 
 from collections.abc import Hashable
+from functools import lru_cache
 from typing import Any
 
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
@@ -64,18 +65,43 @@ def verify_answer(ground_truth: str, answer: str, timeout_s: float = 5.0) -> flo
 
     Must run on a main thread for math-verify's own timeouts to apply (see the module docstring).
     """
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    from math_verify import verify
 
-    configs = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
     timeout = max(1, int(timeout_s))
-    gold = parse(f"\\boxed{{{ground_truth}}}", extraction_config=configs, parsing_timeout=timeout)
-    if not gold:
-        gold = parse(ground_truth, extraction_config=configs, parsing_timeout=timeout)
-    pred = parse(f"\\boxed{{{answer}}}", extraction_config=configs, parsing_timeout=timeout)
+    gold = list(_parse_boxed(ground_truth, timeout) or _parse_plain(ground_truth, timeout))
+    pred = list(_parse_boxed(answer, timeout))
     if not gold or not pred:
         # Fall back to exact text match so unparsable but identical answers still count.
         return 1.0 if _normalise(ground_truth) == _normalise(answer) else 0.0
     return 1.0 if verify(gold, pred, timeout_seconds=timeout) else 0.0
+
+
+@lru_cache(maxsize=1)
+def _configs() -> list[Any]:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    return [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+
+
+# Parsed expressions are cached per worker process: a ground truth is shared by a whole GRPO group and answers such
+# as "x = 12" recur across prompts, while parsing (sympy) is most of a check's cost. ``verify`` does not mutate them.
+@lru_cache(maxsize=4096)
+def _parse_boxed(text: str, timeout: int) -> tuple:
+    from math_verify import parse
+
+    return tuple(parse(f"\\boxed{{{text}}}", extraction_config=_configs(), parsing_timeout=timeout))
+
+
+@lru_cache(maxsize=4096)
+def _parse_plain(text: str, timeout: int) -> tuple:
+    from math_verify import parse
+
+    return tuple(parse(text, extraction_config=_configs(), parsing_timeout=timeout))
+
+
+def warm_worker() -> None:
+    """Import math-verify and build its parsers in an isolation worker before its first timed check."""
+    verify_answer("1", "1")
 
 
 def _normalise(text: str) -> str:

@@ -1,0 +1,101 @@
+"""The adapter verl 0.9.1 loads: reward manager, training metrics, trainer registration, launcher preflight.
+
+Nothing outside this package imports verl. Importing ``perception_r1.verl_plugin`` itself stays cheap (no verl,
+no torch): it only defines :func:`setup_worker`, the Ray ``worker_process_setup_hook`` the ``main_ppo`` wrapper
+installs so that every Ray worker process registers our trainer as soon as it imports verl's v1 trainers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import sys
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+TRAINER_MODE = "perception_sync"
+"""``trainer.v1.trainer_mode`` of :class:`perception_r1.verl_plugin.trainer.PerceptionPPOTrainer`."""
+
+SETUP_HOOK = "perception_r1.verl_plugin.setup_worker"
+"""Value of ``ray_kwargs.ray_init.runtime_env.worker_process_setup_hook`` set by the ``main_ppo`` wrapper."""
+
+PLUGIN_KWARGS = frozenset({"isolation_workers"})
+"""``reward.reward_kwargs`` keys the reward manager itself uses; every other key is a task setting."""
+
+
+def split_reward_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(task settings, plugin settings)``.
+
+    ``ValueError`` naming the key when a setting is unknown to every task (a typo must not pass silently) or its
+    value does not convert to the field's type: better at start-up than as a zero reward on every row.
+    """
+    from ..rewards.registry import build_settings, check_setting_keys, registered_tasks
+
+    plugin = {k: v for k, v in kwargs.items() if k in PLUGIN_KWARGS}
+    settings = {k: v for k, v in kwargs.items() if k not in PLUGIN_KWARGS}
+    try:
+        check_setting_keys(settings)
+        for task in registered_tasks().values():
+            build_settings(task.settings, settings)
+        for key, value in plugin.items():
+            if not str(value).isdigit() or int(value) < 1:
+                raise ValueError(f"setting {key!r}: expected a positive integer, got {value!r}")
+    except ValueError as exc:
+        raise ValueError(f"reward.reward_kwargs: {exc}") from None
+    return settings, plugin
+
+
+_V1_MODULE = "verl.trainer.ppo.v1"
+_TRAINER_MODULE = "perception_r1.verl_plugin.trainer"
+
+
+class _ChainedLoader(importlib.abc.Loader):
+    """Runs the real loader, then imports our trainer module (which registers itself)."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: Any) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        importlib.import_module(_TRAINER_MODULE)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_resource_reader, ... of the real loader
+        return getattr(self._loader, name)
+
+
+class _RegisterOnImport(importlib.abc.MetaPathFinder):
+    """Chains our trainer registration onto the first import of ``verl.trainer.ppo.v1`` in this process.
+
+    Importing verl's trainers costs seconds; doing it eagerly in every Ray worker (reward workers, idle pool
+    workers) would be waste, so the hook only arranges for the registration to happen when verl itself needs
+    the registry.
+    """
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != _V1_MODULE:
+            return None
+        sys.meta_path.remove(self)  # one shot; also keeps the lookup below from recursing into us
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(fullname, path, target) if find is not None else None
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _ChainedLoader(spec.loader)
+                return spec
+        return None
+
+
+def setup_worker() -> None:
+    """Make this process register the ``perception_sync`` trainer once verl's v1 trainers are imported.
+
+    Used as Ray's ``worker_process_setup_hook`` (runs in each worker process at start-up); idempotent.
+    """
+    if _V1_MODULE in sys.modules:
+        importlib.import_module(_TRAINER_MODULE)
+        return
+    if not any(isinstance(finder, _RegisterOnImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterOnImport())

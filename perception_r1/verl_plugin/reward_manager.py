@@ -1,0 +1,179 @@
+"""``PerceptionRewardManager``: verl 0.9.1's reward loop calls :meth:`run_single` once per finished trajectory.
+
+verl loads it through its public config (no fork, no registration in verl's tree)::
+
+    reward.reward_manager.source=importlib
+    reward.reward_manager.name=PerceptionRewardManager
+    reward.reward_manager.module.path=pkg://perception_r1.verl_plugin.reward_manager
+
+It is a thin adapter: decode the response like verl's ``NaiveRewardManager``, build a
+:class:`perception_r1.scoring.ScoreRow` and await the process-wide :class:`~perception_r1.scoring.RewardScorer`
+(the same engine as ``perception-r1 score``, so both give identical numbers).
+
+Settings:
+
+- run settings (task weights, n-gram size, ...) from ``config.reward.reward_kwargs``
+  (``+reward.reward_kwargs.visual_weight=0.7``); ``isolation_workers`` there sets the math-verify processes per
+  reward worker (default: CPUs / ``reward.num_workers``, at most 8);
+- the judge from the env vars ``VLLM_SERVER_BASE_URL`` / ``VLLM_SERVER_API_KEY`` / ``VLLM_MODEL_NAME`` (never the
+  config: verl prints the config, and the API key must not reach logs).
+
+Every returned ``reward_extra_info`` has the same keys (verl stacks them into one numpy array per key): ``score``,
+the sorted union of every registered task's ``output_keys``, ``judge_latency_s`` and ``scoring_error``; a key the
+row's task lacks is ``None``. Nothing here raises on model output or judge failures: a row that cannot be scored
+at all gets score 0 and ``scoring_error = 1`` (logged, and visible as ``reward/scoring_error_rate``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from verl import DataProto
+from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+
+from ..judge.client import JudgeClient, JudgeSettings
+from ..rewards.registry import registered_tasks
+from ..scoring import RewardScorer, ScoreRow
+from . import split_reward_kwargs
+from .metrics import JUDGE_LATENCY, SCORING_ERROR
+
+logger = logging.getLogger(__name__)
+
+_scorers: dict[tuple, RewardScorer] = {}
+_scorers_lock = threading.Lock()
+
+
+def reward_kwargs_from_config(config: Any) -> dict[str, Any]:
+    """``config.reward.reward_kwargs`` as a plain dict (empty when unset)."""
+    reward = config.get("reward") if hasattr(config, "get") else None
+    kwargs = reward.get("reward_kwargs") if reward is not None and hasattr(reward, "get") else None
+    if not kwargs:
+        return {}
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(kwargs):
+            kwargs = OmegaConf.to_container(kwargs, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf ships with verl
+        pass
+    return dict(kwargs)
+
+
+def extra_info_keys() -> tuple[str, ...]:
+    """The keys of every ``reward_extra_info`` this manager returns, in order."""
+    components = sorted({key for task in registered_tasks().values() for key in task.output_keys} - {"score"})
+    return ("score", *components, JUDGE_LATENCY, SCORING_ERROR)
+
+
+def _default_isolation_workers(config: Any) -> int:
+    try:
+        reward_workers = int(config.reward.num_workers)
+    except (AttributeError, TypeError, ValueError, KeyError):
+        reward_workers = 1
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, reward_workers)))
+
+
+def get_scorer(settings: Mapping[str, Any], workers: int, judge: JudgeSettings | None) -> RewardScorer:
+    """The process-wide scorer for these settings (created on first use, then shared by every manager)."""
+    key = (tuple(sorted((k, repr(v)) for k, v in settings.items())), workers, judge)
+    with _scorers_lock:
+        scorer = _scorers.get(key)
+        if scorer is None:
+            scorer = RewardScorer(settings, judge=JudgeClient(judge) if judge else None, workers=workers)
+            _scorers[key] = scorer
+            if judge is None:
+                logger.warning(
+                    "VLLM_SERVER_BASE_URL is not set in this reward worker: rows with visual annotations get "
+                    "visual = 0, judge_failed = 1"
+                )
+    return scorer
+
+
+def _plain(value: Any) -> Any:
+    """numpy containers/scalars from parquet -> JSON-like Python values (so training sees what ``score`` sees)."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class PerceptionRewardManager(RewardManagerBase):
+    """Scores one trajectory at a time with :class:`~perception_r1.scoring.RewardScorer` (see module doc)."""
+
+    def __init__(
+        self,
+        config: Any,
+        tokenizer: Any,
+        compute_score: Any = None,
+        reward_router_address: str | None = None,
+        reward_model_tokenizer: Any = None,
+    ) -> None:
+        super().__init__(config, tokenizer, compute_score)
+        self.reward_router_address = reward_router_address
+        self.reward_model_tokenizer = reward_model_tokenizer
+        settings, plugin = split_reward_kwargs(reward_kwargs_from_config(config))
+        self.settings = settings
+        self.isolation_workers = int(plugin.get("isolation_workers") or _default_isolation_workers(config))
+        self.judge_settings = JudgeSettings.from_env()
+        self.keys = extra_info_keys()
+        self._scorer: RewardScorer | None = None
+        self.scoring_errors = 0
+
+    @property
+    def scorer(self) -> RewardScorer:
+        if self._scorer is None:
+            self._scorer = get_scorer(self.settings, self.isolation_workers, self.judge_settings)
+        return self._scorer
+
+    @staticmethod
+    def _inputs(data: DataProto) -> tuple[Any, dict[str, Any]]:
+        """``(valid response ids, ScoreRow fields without the response)`` of the trajectory's last sequence."""
+        item = data[-1]  # multi-sequence outputs: score the last one, as verl's managers do
+        response_ids = item.batch["responses"]
+        response_length = response_ids.shape[-1]
+        valid_length = int(item.batch["attention_mask"][-response_length:].sum())
+        non_tensor = item.non_tensor_batch
+        reward_model = non_tensor.get("reward_model") or {}
+        extra_info = _plain(non_tensor.get("extra_info") or {})
+        fields = {
+            "data_source": str(non_tensor["data_source"]),
+            "ground_truth": _plain(reward_model.get("ground_truth")),
+            "extra_info": extra_info if isinstance(extra_info, dict) else {},
+        }
+        return response_ids[:valid_length], fields
+
+    async def run_single(self, data: DataProto) -> dict:
+        """``{"reward_score": float, "reward_extra_info": {key: value}}`` for one trajectory; never raises."""
+        info: dict[str, Any] = dict.fromkeys(self.keys)
+        try:
+            ids, fields = self._inputs(data)
+            response = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self.tokenizer.decode(ids, skip_special_tokens=True)
+            )
+            scored = await self.scorer.score(ScoreRow(response=response, **fields))
+        except Exception as exc:  # bad data or a bug: score 0, count it, keep training
+            self.scoring_errors += 1
+            if self.scoring_errors in (1, 10, 100) or self.scoring_errors % 1000 == 0:
+                logger.error("could not score a trajectory (%d so far): %s: %s", self.scoring_errors, type(exc).__name__, exc)
+            info["score"] = 0.0
+            info[SCORING_ERROR] = 1
+            return {"reward_score": 0.0, "reward_extra_info": info}
+        for key, value in scored.values.items():
+            if key in info:
+                info[key] = value
+        info[JUDGE_LATENCY] = scored.judge_latency_s
+        info[SCORING_ERROR] = 0
+        score = float(scored.values["score"])
+        return {"reward_score": score, "reward_extra_info": info}

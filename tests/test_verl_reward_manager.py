@@ -1,0 +1,269 @@
+"""The reward manager inside verl's real reward loop: Ray CPU actors, the launcher's own config, a real judge socket.
+
+One Ray session for the module: verl's ``RewardLoopManager`` starts 2 ``RewardLoopWorker`` actors that load
+``PerceptionRewardManager`` from the config the geo3k launcher composes under DRY_RUN, tokenize with the real
+Qwen2.5-VL vocabulary, and ask a local OpenAI-compatible judge. The same session proves the trainer
+registration reaches Ray workers (the wrapper's setup hook) and that per-step metrics are read back from verl's
+TransferQueue where the agent loop stores them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from test_launcher_geo3k import JUDGE_KEY, JUDGE_MODEL, compose_geo3k, geo3k_rows, write_parquet
+
+from perception_r1.judge.client import JudgeClient, JudgeSettings
+from perception_r1.scoring import RewardScorer, ScoreRow
+from perception_r1.testing import OpenAITestServer
+from perception_r1.testing.qwen_processor import save_qwen2_5_vl_processor
+from perception_r1.verl_plugin.reward_manager import extra_info_keys
+
+ray = pytest.importorskip("ray")
+
+
+def responses_for(rows: list[dict]) -> list[tuple[int, str]]:
+    """(row index, response): good, wrong, garbage, empty, forged tags, degenerate loop, no annotations, repeats."""
+    out = []
+    for i, row in enumerate(rows[:8]):
+        facts = row["extra_info"]["visual_annotations"]
+        answer = row["reward_model"]["ground_truth"]
+        if i == 0:
+            text = f"<think>\nFrom the diagram: {facts[0]}. Also {facts[1]}.\n</think>\n<answer>\n\\boxed{{{answer}}}\n</answer>"
+        elif i == 1:
+            text = "<think>\n" + "\n".join(facts) + "\n</think>\n<answer>\n\\boxed{12345}\n</answer>"
+        elif i == 2:
+            text = "asdf qwer \\boxed{"
+        elif i == 3:
+            text = ""
+        elif i == 4:
+            tags = "".join(f"<info{k}>1</info{k}>" for k in range(1, len(facts) + 1))
+            text = f"<think>\n{tags} </info1> ===== end\n</think>\n<answer>\n\\boxed{{{answer}}}\n</answer>"
+        elif i == 5:
+            text = "<think>\n" + "the angle is five degrees so " * 60 + "\n</think>\n<answer>\n\\boxed{5}\n</answer>"
+        elif i == 6:
+            row["extra_info"] = {"index": 6, "visual_annotations": []}  # no annotations: visual is None
+            text = f"<think>\nx\n</think>\n<answer>\n\\boxed{{{answer}}}\n</answer>"
+        else:
+            text = "<think>\n\\frac{\\frac{\\frac{1}{2}}{3}}{\n</think>\n<answer>\n\\boxed{\\sqrt{\\sqrt{\\sqrt{}}}}\n</answer>"
+        out.append((i, text))
+    return out + [out[0], out[1], out[0]]  # GRPO groups repeat answers
+
+
+def build_batch(tokenizer, rows: list[dict], items: list[tuple[int, str]]):
+    """A verl ``DataProto`` like the agent loop hands to the reward loop (left-padded prompts, right-padded responses)."""
+    from verl import DataProto
+
+    prompts = [tokenizer.encode(rows[i]["prompt"][0]["content"]) for i, _ in items]
+    responses = [tokenizer.encode(text) + [tokenizer.convert_tokens_to_ids("<|im_end|>")] for _, text in items]
+    p_len, r_len = max(map(len, prompts)), max(map(len, responses))
+    pad = tokenizer.pad_token_id or 0
+    prompt_ids = torch.full((len(items), p_len), pad, dtype=torch.long)
+    response_ids = torch.full((len(items), r_len), pad, dtype=torch.long)
+    mask = torch.zeros((len(items), p_len + r_len), dtype=torch.long)
+    for j, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        prompt_ids[j, p_len - len(p) :] = torch.tensor(p)
+        response_ids[j, : len(r)] = torch.tensor(r)
+        mask[j, p_len - len(p) : p_len + len(r)] = 1
+    obj = lambda values: np.array(values, dtype=object)  # noqa: E731
+    return DataProto.from_dict(
+        tensors={
+            "prompts": prompt_ids,
+            "responses": response_ids,
+            "attention_mask": mask,
+            "input_ids": torch.cat([prompt_ids, response_ids], dim=1),
+        },
+        non_tensors={
+            "data_source": obj([rows[i]["data_source"] for i, _ in items]),
+            "reward_model": obj([rows[i]["reward_model"] for i, _ in items]),
+            "extra_info": obj([rows[i]["extra_info"] for i, _ in items]),
+        },
+    ), [len(r) for r in responses]
+
+
+def expected_values(settings: dict, judge_url: str, rows: list[dict], items: list[tuple[int, str]]) -> list[dict]:
+    """The same rows through the scoring engine directly (what ``perception-r1 score`` runs)."""
+    judge = JudgeClient(JudgeSettings(base_urls=(judge_url,), model=JUDGE_MODEL, api_key=JUDGE_KEY))
+    scorer = RewardScorer(settings, judge=judge, workers=1)
+
+    async def go():
+        try:
+            return await scorer.score_many(
+                ScoreRow(rows[i]["data_source"], text, rows[i]["reward_model"]["ground_truth"], rows[i]["extra_info"])
+                for i, text in items
+            )
+        finally:
+            await scorer.aclose()
+
+    try:
+        return [r.values for r in asyncio.run(go())]
+    finally:
+        scorer.close()
+
+
+@pytest.fixture(scope="module")
+def judge():
+    with OpenAITestServer(models=[JUDGE_MODEL], api_key=JUDGE_KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, judge: OpenAITestServer):
+    """Launcher DRY_RUN config + processor dir + one Ray session with the wrapper's runtime env."""
+    tmp = tmp_path_factory.mktemp("verl_rm")
+    rows = geo3k_rows(shared_data)
+    write_parquet(tmp / "train.parquet", rows)
+    _, cfg = compose_geo3k(
+        tmp, judge.base_url, TRAIN_FILE=str(tmp / "train.parquet"), VAL_FILE=str(tmp / "train.parquet")
+    )
+    processor = save_qwen2_5_vl_processor(tmp / "qwen2_5_vl")
+    cfg.actor_rollout_ref.model.path = str(processor)  # the worker needs a tokenizer; no weights are loaded
+    cfg.reward.num_workers = 2
+    runtime_env = OmegaConf.to_container(cfg.ray_kwargs.ray_init.runtime_env)
+    runtime_env = {k: v for k, v in runtime_env.items() if v is not None}
+    with pytest.MonkeyPatch.context() as mp:
+        # like the launcher's shell: the key only in the environment Ray inherits, never in the config
+        mp.setenv("VLLM_SERVER_API_KEY", JUDGE_KEY)
+        mp.setenv("TOKENIZERS_PARALLELISM", "false")
+        ray.init(num_cpus=2, include_dashboard=False, runtime_env=runtime_env, logging_level="ERROR")
+        try:
+            yield cfg, rows, processor
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reward_loop(setup):
+    from verl.experimental.reward_loop import RewardLoopManager
+
+    cfg, _, _ = setup
+    return RewardLoopManager(cfg)
+
+
+def test_reward_loop_scores_a_batch_like_the_scoring_engine(setup, reward_loop, judge: OpenAITestServer) -> None:
+    from transformers import AutoTokenizer
+
+    cfg, rows, processor = setup
+    assert len(reward_loop.reward_loop_workers) == 2
+    tokenizer = AutoTokenizer.from_pretrained(processor)
+    items = responses_for(rows)
+    batch, response_lengths = build_batch(tokenizer, rows, items)
+    requests_before = judge.request_count
+
+    out = reward_loop.compute_rm_score(batch)
+
+    keys = list(extra_info_keys())
+    assert out.meta_info["reward_extra_keys"] == keys
+    assert {"score", "format", "accuracy", "visual", "ngram_penalty", "judge_failed", "judge_latency_s"} <= set(keys)
+    expected = expected_values(dict(cfg.reward.reward_kwargs), judge.base_url, rows, items)
+    rm_scores = out.batch["rm_scores"]
+    for j, want in enumerate(expected):
+        got = {key: out.non_tensor_batch[key][j] for key in want}
+        assert got == want, (j, items[j][1][:80])
+        # the scalar sits on the last valid response token, nowhere else
+        assert rm_scores[j, response_lengths[j] - 1].item() == pytest.approx(want["score"])
+        assert rm_scores[j].sum().item() == pytest.approx(want["score"])
+        assert out.non_tensor_batch["scoring_error"][j] == 0
+
+    m = len(rows[0]["extra_info"]["visual_annotations"])
+    assert expected[0]["visual"] == pytest.approx(2 / m) and expected[0]["score"] == pytest.approx(1.0 + 0.7 * 2 / m)
+    assert expected[1]["visual"] == 1.0 and expected[1]["accuracy"] == 0.0
+    assert expected[3]["score"] == 0.0 and expected[3]["format"] == 0.0
+    assert expected[4]["visual"] == 0.0  # forged <infoK> tags earn nothing
+    assert expected[5]["ngram_penalty"] < 0.0
+    assert expected[6]["visual"] is None and out.non_tensor_batch["judge_latency_s"][6] is None
+    assert all(out.non_tensor_batch["judge_latency_s"][j] > 0 for j in (0, 1, 4))
+    assert judge.request_count > requests_before
+    assert all(h.get("Authorization") == f"Bearer {JUDGE_KEY}" for h in judge.headers)
+
+
+def test_judge_outage_never_crashes_the_reward_loop(setup, reward_loop, judge: OpenAITestServer) -> None:
+    from transformers import AutoTokenizer
+
+    _, rows, processor = setup
+    tokenizer = AutoTokenizer.from_pretrained(processor)
+    items = responses_for(rows)[:4]
+    batch, _ = build_batch(tokenizer, rows, items)
+    judge.fail_next(100_000, status=503)
+    try:
+        out = reward_loop.compute_rm_score(batch)
+    finally:
+        judge.faults.clear()
+    failed = out.non_tensor_batch["judge_failed"]
+    visual = out.non_tensor_batch["visual"]
+    for j in range(len(items)):
+        assert failed[j] == 1 and visual[j] == 0.0  # the failure policy: visual 0, flagged
+    # the rule terms are still there: the good response keeps format + accuracy
+    assert out.non_tensor_batch["score"][0] == pytest.approx(1.0)
+
+
+def test_trainer_registration_reaches_ray_workers(setup) -> None:
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def trainer(self):
+            import sys
+
+            registered_before = "perception_r1.verl_plugin.trainer" in sys.modules
+            from verl.trainer.ppo.v1 import get_trainer_cls
+
+            cls = get_trainer_cls("perception_sync")
+            return registered_before, f"{cls.__module__}.{cls.__qualname__}", [c.__name__ for c in cls.__mro__[:3]]
+
+    before, name, mro = ray.get(Probe.remote().trainer.remote(), timeout=600)
+    assert before is False  # the hook is lazy: verl's trainers are only imported where verl needs them
+    assert name == "perception_r1.verl_plugin.trainer.PerceptionPPOTrainer"
+    assert mro[1] == "PPOTrainerSync"
+
+
+def test_training_metrics_read_back_from_transfer_queue(setup, reward_loop) -> None:
+    """Reward infos stored the way verl's agent loop stores them reach ``reward/*`` metrics via the trainer hook."""
+    import transfer_queue as tq
+    from transfer_queue import KVBatchMeta
+    from transformers import AutoTokenizer
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    from perception_r1.verl_plugin.metrics import reward_metrics
+    from perception_r1.verl_plugin.trainer import fetch_reward_infos
+
+    cfg, rows, processor = setup
+    tokenizer = AutoTokenizer.from_pretrained(processor)
+    items = responses_for(rows)
+    batch, _ = build_batch(tokenizer, rows, items)
+    out = reward_loop.compute_rm_score(batch)
+    keys = out.meta_info["reward_extra_keys"]
+    infos = [{key: out.non_tensor_batch[key][j] for key in keys} for j in range(len(items))]
+
+    tq_cfg = OmegaConf.create(OmegaConf.to_container(cfg.transfer_queue))
+    tq_cfg.enable = True
+    tq_cfg.backend.SimpleStorage.num_data_storage_units = 1
+    tq.init(tq_cfg)
+    try:
+        sample_keys = [f"uid{j}_0_0" for j in range(len(items))]
+        fields = [
+            {"responses": batch.batch["responses"][j], "extra_fields": {"min_global_steps": 1, "reward_extra_info": info}}
+            for j, info in enumerate(infos)
+        ]
+        tq.kv_batch_put(
+            keys=sample_keys,
+            partition_id="train",
+            fields=list_of_dict_to_tensordict(fields),
+            tags=[{"status": "success"}] * len(items),
+        )
+        padding = [False] * (len(items) - 1) + [True]  # a padding row must not count
+        meta = KVBatchMeta(partition_id="train", keys=sample_keys, tags=[{"is_padding": p} for p in padding])
+        metrics = reward_metrics(fetch_reward_infos(meta))
+        tq.kv_clear(keys=sample_keys, partition_id="train")
+    finally:
+        tq.close()
+
+    assert metrics == reward_metrics(infos[:-1])
+    visual = [info["visual"] for info in infos[:-1] if info["visual"] is not None]
+    assert metrics["reward/visual/mean"] == pytest.approx(float(np.mean(visual)))
+    assert metrics["reward/judge_failure_rate"] == 0.0
+    assert 0 < metrics["reward/judge_latency_p50"] <= metrics["reward/judge_latency_p95"]
