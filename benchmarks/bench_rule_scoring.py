@@ -19,16 +19,34 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import grpo_batch, machine_note, median_timing, run_timed, score_command, score_env, table, write_jsonl
+from common import grpo_batch, machine_note, run_timed, score_command, score_env, summarize, table, write_jsonl
 
 TARGET_SPEEDUP = 3.0
 
 
 def plain_score(inp: str, out: str) -> None:
-    """The naive reference: one row after another, no memo, no pool (same pure functions and weights)."""
+    """The naive reference: one row after another, math-verify called directly, no memo, no cache, no pool.
+
+    Same answer extraction, format and n-gram functions and the same weights as ``geo3k_visual``, so both sides
+    must agree on every number.
+    """
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
     from perception_r1.rewards.format import format_reward
-    from perception_r1.rewards.math_answer import extract_answer, verify_answer
+    from perception_r1.rewards.math_answer import extract_answer
     from perception_r1.rewards.ngram import ngram_penalty
+
+    configs = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+
+    def accuracy(ground_truth: str, answer: str) -> float:
+        gold = parse(f"\\boxed{{{ground_truth}}}", extraction_config=configs, parsing_timeout=5)
+        if not gold:
+            gold = parse(ground_truth, extraction_config=configs, parsing_timeout=5)
+        pred = parse(f"\\boxed{{{answer}}}", extraction_config=configs, parsing_timeout=5)
+        if not gold or not pred:
+            same = "".join(ground_truth.split()).rstrip(".") == "".join(answer.split()).rstrip(".")
+            return 1.0 if same else 0.0
+        return 1.0 if verify(gold, pred, timeout_seconds=5) else 0.0
 
     with open(inp, encoding="utf-8") as src, open(out, "w", encoding="utf-8") as dst:
         for line in src:
@@ -36,10 +54,10 @@ def plain_score(inp: str, out: str) -> None:
             response = row["response"]
             fmt = format_reward(response)
             answer = extract_answer(response)
-            accuracy = verify_answer(str(row["ground_truth"]), answer, timeout_s=5.0) if answer is not None else 0.0
+            acc = accuracy(str(row["ground_truth"]), answer) if answer is not None else 0.0
             ngram = ngram_penalty(response, n=20, max_penalty=-2.0)
-            score = 0.1 * fmt + 0.9 * accuracy + ngram
-            dst.write(json.dumps({"score": score, "format": fmt, "accuracy": accuracy, "ngram_penalty": ngram}) + "\n")
+            score = 0.1 * fmt + 0.9 * acc + ngram
+            dst.write(json.dumps({"score": score, "format": fmt, "accuracy": acc, "ngram_penalty": ngram}) + "\n")
 
 
 def _check_same(plain_out: Path, ours_out: Path) -> int:
@@ -68,8 +86,8 @@ def run(prompts: int = 512, group: int = 8, repeats: int = 3) -> dict:
         for _ in range(repeats):
             plain_runs.append(run_timed(plain_cmd, env=env))
             ours_runs.append(run_timed(ours_cmd, env=env))
-        plain, plain_walls = median_timing(iter(plain_runs).__next__, repeats)
-        ours, ours_walls = median_timing(iter(ours_runs).__next__, repeats)
+        plain, plain_walls = summarize(plain_runs)
+        ours, ours_walls = summarize(ours_runs)
         mismatches = _check_same(plain_out, ours_out)
     speedup = plain.wall_s / ours.wall_s
     result = {

@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,9 +168,8 @@ def run_timed(cmd: Sequence[str], env: dict[str, str] | None = None, timeout: fl
     return Timing(wall, cpu)
 
 
-def median_timing(fn: Callable[[], Timing], repeats: int) -> tuple[Timing, list[float]]:
-    """Run ``fn`` ``repeats`` times; the median wall/CPU and every wall time."""
-    runs = [fn() for _ in range(repeats)]
+def summarize(runs: Sequence[Timing]) -> tuple[Timing, list[float]]:
+    """The median wall/CPU of ``runs`` and every wall time."""
     walls = [r.wall_s for r in runs]
     return Timing(statistics.median(walls), statistics.median(r.cpu_s for r in runs)), walls
 

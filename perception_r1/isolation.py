@@ -150,6 +150,14 @@ class _Slot:
                 self._stop_process()
                 return
             future, fn, args, timeout_s = item
+            if future is None:  # a prewarm request: start the worker and warm module `args` now
+                try:
+                    process = self._ensure_process()
+                    if args not in self.warmed:
+                        self._warm(process, args)
+                except (EOFError, OSError):
+                    self._stop_process()
+                continue
             if not future.set_running_or_notify_cancel():
                 continue
             try:
@@ -200,6 +208,12 @@ class HardTimeoutPool:
         future: Future = Future()
         self.tasks.put((future, fn, args, float(timeout_s)))
         return future
+
+    def prewarm(self, module: str) -> None:
+        """Start the workers and warm ``module`` in them in the background (so startup overlaps other work)."""
+        if not self._closed:
+            for _ in self._slots:
+                self.tasks.put((None, None, module, None))
 
     def close(self) -> None:
         """Stop all workers (idempotent)."""

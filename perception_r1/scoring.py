@@ -13,6 +13,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,27 @@ class Scored:
     isolated_timed_out: bool = False
 
 
+class _MemoEntry:
+    """One isolated-check result shared by every row with its key.
+
+    The worker's ``concurrent.futures.Future`` is wrapped into one asyncio future per event loop, so a group of
+    rows awaiting the same check costs one thread-to-loop wake-up, not one per row.
+    """
+
+    __slots__ = ("future", "_wrapped")
+
+    def __init__(self, future: Future) -> None:
+        self.future = future
+        self._wrapped: dict[int, asyncio.Future] = {}
+
+    def wait(self) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        wrapped = self._wrapped.get(id(loop))
+        if wrapped is None or wrapped.get_loop() is not loop:
+            wrapped = self._wrapped[id(loop)] = asyncio.wrap_future(self.future, loop=loop)
+        return wrapped
+
+
 class RewardScorer:
     """Scores rows; create one per process and reuse it (it owns the worker pool, memo and judge client).
 
@@ -66,7 +88,7 @@ class RewardScorer:
         self._workers = workers
         self._pool: HardTimeoutPool | None = None
         self._settings: dict[str, Any] = {}
-        self._memo: OrderedDict[tuple[str, Hashable], Any] = OrderedDict()
+        self._memo: OrderedDict[tuple[str, Hashable], _MemoEntry] = OrderedDict()
         self._memo_size = memo_size
         self._warned_no_judge = False
         self.judge_failures = 0
@@ -91,6 +113,17 @@ class RewardScorer:
             self._pool = HardTimeoutPool(self._workers)
         return self._pool
 
+    def prewarm(self, data_sources: Iterable[str] | None = None) -> None:
+        """Start the worker pool now for these tasks' isolated checks (default: every registered task), so the
+        workers' imports overlap reading and rule-scoring the input instead of delaying the first check."""
+        from .rewards.registry import registered_tasks
+
+        tasks = registered_tasks()
+        names = tasks if data_sources is None else [d for d in data_sources if d in tasks]
+        modules = {tasks[d].isolated.fn.__module__ for d in names if tasks[d].isolated is not None}
+        for module in sorted(modules):
+            self.pool.prewarm(module)
+
     def validate(self, row: ScoreRow) -> Task:
         """The row's task after checking its ground truth; ``KeyError``/``ValueError`` on bad rows."""
         task = get_task(row.data_source)
@@ -106,16 +139,14 @@ class RewardScorer:
         memo_key = (task.data_source, key)
         entry = self._memo.get(memo_key)
         if entry is None:
-            future = self.pool.submit(check.fn, (key, settings), check.timeout_s(settings))
-            entry = asyncio.wrap_future(future)
-            self._memo[memo_key] = future
+            entry = _MemoEntry(self.pool.submit(check.fn, (key, settings), check.timeout_s(settings)))
+            self._memo[memo_key] = entry
             if len(self._memo) > self._memo_size:
                 self._memo.popitem(last=False)
         else:
             self._memo.move_to_end(memo_key)
-            entry = asyncio.wrap_future(entry)
         try:
-            value = await entry
+            value = await asyncio.shield(entry.wait())  # a cancelled row must not cancel its group's check
         except Exception as exc:  # a bug or a dead worker: score this row's check as failed, keep training
             self.isolated_errors += 1
             if self.isolated_errors in (1, 10, 100, 1000):
@@ -191,15 +222,15 @@ class RewardScorer:
     ) -> list[Scored]:
         """Score rows concurrently; results keep input order.
 
-        At most ``window`` rows are in flight (default: 4x the judge's concurrency, at least 256). Starting every
-        row at once would run all the rule scoring before the first judge request leaves; a window keeps the
-        CPU work and the judge's latency overlapped.
+        At most ``window`` rows are in flight. With a judge the default is 4x its concurrency (at least 256):
+        starting every row at once would run all the rule scoring before the first judge request leaves, while a
+        window keeps the CPU work and the judge's latency overlapped. Without a judge every row starts at once,
+        so all isolated checks are queued to the worker pool as early as possible.
         """
         rows = list(rows)
         results: list[Scored | None] = [None] * len(rows)
         if window is None:
-            concurrency = self.judge.settings.max_concurrency if self.judge is not None else 64
-            window = max(256, 4 * concurrency)
+            window = max(256, 4 * self.judge.settings.max_concurrency) if self.judge is not None else len(rows)
         pending = iter(enumerate(rows))
 
         async def lane() -> None:

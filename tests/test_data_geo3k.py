@@ -14,14 +14,7 @@ from PIL import Image
 from perception_r1.cli import main
 from perception_r1.data.geo3k import FORMAT_PROMPT, parse_visual_key_info
 from perception_r1.testing.qwen_processor import load_qwen_vl_processor, save_qwen2_5_vl_processor
-
-IMAGE_PAD, VISION_START, VISION_END = 151655, 151652, 151653
-try:
-    import qwen_vl_utils  # noqa: F401  (imports torchvision)
-
-    HAVE_QWEN_VL_UTILS = True
-except ImportError:
-    HAVE_QWEN_VL_UTILS = False
+from perception_r1.testing.verl_dataset import image_pad_runs, load_rlhf_dataset, vision_inputs
 
 
 @pytest.fixture(scope="module")
@@ -39,63 +32,6 @@ def build(*argv: str) -> int:
     return main(["data", "geo3k", *argv])
 
 
-def rlhf_dataset(path: Path, processor, tmp_path: Path):
-    from omegaconf import OmegaConf
-    from verl.utils.dataset.rl_dataset import RLHFDataset
-
-    config = OmegaConf.create(
-        {
-            "prompt_key": "prompt",
-            "image_key": "images",
-            "max_prompt_length": 4096,
-            # verl's length filter runs qwen_vl_utils, which imports torchvision (absent from the CPU stack: the
-            # only wheels need libtorch_cuda); there verl would *silently drop every image row*, so filter only
-            # where the real vision path can run.
-            "filter_overlong_prompts": HAVE_QWEN_VL_UTILS,
-            "filter_overlong_prompts_workers": 1,
-            "cache_dir": str(tmp_path / "verl_cache"),
-        }
-    )
-    return RLHFDataset(str(path), processor.tokenizer, config, processor=processor)
-
-
-def image_pad_runs(ids: list[int]) -> list[int]:
-    """Lengths of the <|image_pad|> runs, each checked to sit between <|vision_start|> and <|vision_end|>."""
-    runs, i = [], 0
-    while i < len(ids):
-        if ids[i] == VISION_START:
-            j = i + 1
-            while j < len(ids) and ids[j] == IMAGE_PAD:
-                j += 1
-            assert ids[j] == VISION_END
-            runs.append(j - i - 1)
-            i = j
-        i += 1
-    assert ids.count(IMAGE_PAD) == sum(runs)
-    return runs
-
-
-def verl_vision_inputs(dataset, item: dict, processor):
-    """What verl's agent loop does with a dataset item: extract the images, render the template, run the processor.
-
-    With qwen_vl_utils importable (GPU stack) this is verl's own ``_process_multi_modal_info`` (``fetch_image``
-    resizes each image within its row's ``min_pixels``/``max_pixels``). Without torchvision the processor does
-    the same smart resize itself, given the row's bounds (identical algorithm, transformers' implementation).
-    """
-    messages = item["raw_prompt"]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    if HAVE_QWEN_VL_UTILS:
-        images, _, _ = dataset._process_multi_modal_info(messages, dataset.image_patch_size, dataset.config)
-        return images, text, processor(text=[text], images=images, return_tensors="pt")
-    entries = [c for c in messages[0]["content"] if c["type"] == "image"]
-    bounds = {(e.get("min_pixels"), e.get("max_pixels")) for e in entries}
-    assert len(bounds) == 1
-    min_pixels, max_pixels = bounds.pop()
-    images = [e["image"].convert("RGB") for e in entries]  # PIL images verl decoded from the parquet bytes
-    inputs = processor(text=[text], images=images, min_pixels=min_pixels, max_pixels=max_pixels, return_tensors="pt")
-    return images, text, inputs
-
-
 def test_geometry3k_logic_forms_round_trip_through_verl(tmp_path: Path, processor, problems, shared_data: Path):
     out = tmp_path / "geo3k.parquet"
     source = shared_data / "geometry3k" / "problems.jsonl"
@@ -103,7 +39,7 @@ def test_geometry3k_logic_forms_round_trip_through_verl(tmp_path: Path, processo
 
     table = pq.read_table(out)
     assert table.num_rows == len(problems) == 10
-    dataset = rlhf_dataset(out, processor, tmp_path)
+    dataset = load_rlhf_dataset(out, processor, tmp_path / "verl_cache")
     assert len(dataset) == len(problems)  # nothing filtered: every prompt tokenized with its image
     for i, problem in enumerate(problems):
         item = dataset[i]
@@ -121,10 +57,13 @@ def test_geometry3k_logic_forms_round_trip_through_verl(tmp_path: Path, processo
         text = "".join(c["text"] for c in content if c["type"] == "text")
         assert text == f"{problem['problem']} {FORMAT_PROMPT}"
 
-        images, rendered, inputs = verl_vision_inputs(dataset, item, processor)
+        images, rendered, inputs = vision_inputs(dataset, item, processor)
         assert len(images) == rendered.count("<|vision_start|><|image_pad|><|vision_end|>") == 1
         runs = image_pad_runs(inputs["input_ids"][0].tolist())
         assert runs == [int(g.prod()) // 4 for g in inputs["image_grid_thw"]]
+        # verl resized the image within the row's bounds; the processor kept that size (14-pixel patches)
+        (grid,) = inputs["image_grid_thw"].tolist()
+        assert (images[0].height, images[0].width) == (grid[1] * 14, grid[2] * 14)
         # The stored bytes are the original file's, and the resize kept the real image's proportions.
         with Image.open(shared_data / "geometry3k" / problem["image"]) as original:
             assert (original.width, original.height) == (problem["image_width"], problem["image_height"])
@@ -158,14 +97,14 @@ def test_multi_image_rows_and_pixel_bounds_reach_verl(tmp_path: Path, processor,
         )
         == 0
     )  # fmt: skip
-    dataset = rlhf_dataset(out, processor, tmp_path)
+    dataset = load_rlhf_dataset(out, processor, tmp_path / "verl_cache")
     assert len(dataset) == 2
     for i, row in enumerate(rows):
         item = dataset[i]
         assert item["extra_info"]["split"] == "val"
         assert item["extra_info"]["visual_annotations"] == row["annotations"]
         assert sum(c["type"] == "image" for c in item["raw_prompt"][0]["content"]) == 2
-        images, _, inputs = verl_vision_inputs(dataset, item, processor)
+        images, _, inputs = vision_inputs(dataset, item, processor)
         assert len(images) == 2
         runs = image_pad_runs(inputs["input_ids"][0].tolist())
         assert runs == [int(g.prod()) // 4 for g in inputs["image_grid_thw"]] and len(runs) == 2
@@ -198,7 +137,7 @@ def test_released_layout(tmp_path: Path, processor, problems, shared_data: Path)
     released_parquet(source, problems[:4], shared_data)
     out = tmp_path / "released.parquet"
     assert build("--input", str(source), "--output", str(out)) == 0
-    dataset = rlhf_dataset(out, processor, tmp_path)
+    dataset = load_rlhf_dataset(out, processor, tmp_path / "verl_cache")
     assert len(dataset) == 4
     for i, p in enumerate(problems[:4]):
         item = dataset[i]
@@ -207,7 +146,7 @@ def test_released_layout(tmp_path: Path, processor, problems, shared_data: Path)
         assert item["extra_info"]["record"] == f"{source.name}[{i}]"
         content = item["raw_prompt"][0]["content"]
         assert [c["type"] for c in content] == ["image", "text"]  # the released <image> is kept, not doubled
-        images, _, inputs = verl_vision_inputs(dataset, item, processor)
+        images, _, inputs = vision_inputs(dataset, item, processor)
         assert len(image_pad_runs(inputs["input_ids"][0].tolist())) == len(images) == 1
 
 

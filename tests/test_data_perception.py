@@ -32,8 +32,8 @@ from perception_r1.testing.qwen_processor import (
     save_qwen2_5_vl_processor,
     save_qwen2_vl_processor,
 )
+from perception_r1.testing.verl_dataset import image_pad_runs, load_rlhf_dataset, vision_inputs
 
-IMAGE_PAD, VISION_START, VISION_END = 151655, 151652, 151653
 OCR_MAX_PIXELS = 256 * 28 * 28  # keeps the tall pages cheap in the processor
 
 
@@ -271,21 +271,6 @@ def processors(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
 
 
-def image_pad_runs(ids: list[int]) -> list[int]:
-    runs, i = [], 0
-    while i < len(ids):
-        if ids[i] == VISION_START:
-            j = i + 1
-            while j < len(ids) and ids[j] == IMAGE_PAD:
-                j += 1
-            assert ids[j] == VISION_END
-            runs.append(j - i - 1)
-            i = j
-        i += 1
-    assert ids.count(IMAGE_PAD) == sum(runs)
-    return runs
-
-
 @pytest.mark.parametrize(
     ("name", "model", "data_source"),
     [
@@ -296,18 +281,11 @@ def image_pad_runs(ids: list[int]) -> list[int]:
     ],
 )
 def test_rows_load_in_verl_rlhf_dataset(built, processors, tmp_path, name, model, data_source):
-    from omegaconf import OmegaConf
-    from verl.utils.dataset.rl_dataset import RLHFDataset
-
     processor = processors[model]
     path = built["paths"][name]
-    config = OmegaConf.create(
-        {"prompt_key": "prompt", "image_key": "images", "max_prompt_length": 4096, "filter_overlong_prompts": False,
-         "cache_dir": str(tmp_path / "verl_cache")}
-    )  # fmt: skip
-    dataset = RLHFDataset(str(path), processor.tokenizer, config, processor=processor)
+    dataset = load_rlhf_dataset(path, processor, tmp_path / "verl_cache")
     rows = rows_of(path)
-    assert len(dataset) == len(rows)
+    assert len(dataset) == len(rows)  # nothing filtered
     for i in (0, len(rows) - 1):
         item = dataset[i]
         assert item["data_source"] == data_source and item["extra_info"]["index"] == i
@@ -317,19 +295,17 @@ def test_rows_load_in_verl_rlhf_dataset(built, processors, tmp_path, name, model
         text = "".join(c.get("text", "") for c in content if c["type"] == "text")
         assert "<image>" + text == rows[i]["prompt"][0]["content"]
         # what verl's agent loop does next: vision info, chat template, processor
-        messages = item["raw_prompt"]
-        images, _, _ = dataset._process_multi_modal_info(messages, dataset.image_patch_size, dataset.config)
-        rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        images, rendered, inputs = vision_inputs(dataset, item, processor)
         assert len(images) == rendered.count("<|vision_start|><|image_pad|><|vision_end|>") == 1
-        inputs = processor(text=[rendered], images=images, return_tensors="pt")
         (grid,) = inputs["image_grid_thw"].tolist()
         assert image_pad_runs(inputs["input_ids"][0].tolist()) == [grid[0] * grid[1] * grid[2] // 4]
-        # the image verl hands the processor has the stored pixel bounds applied to the real image's size
+        # the image verl hands the processor has the stored pixel bounds (or qwen_vl_utils' defaults) applied to
+        # the real image's size, and the processor keeps that size (grid rows x cols of 14-pixel patches)
         w, h = rows[i]["extra_info"]["image_size"]
         limit = rows[i]["images"][0].get("max_pixels")
         assert images[0].width % 28 == 0 and images[0].height % 28 == 0
-        if limit:
-            assert images[0].width * images[0].height <= limit
+        assert (images[0].height, images[0].width) == (grid[1] * 14, grid[2] * 14)
+        assert images[0].width * images[0].height <= (limit or 16384 * 28 * 28)
         assert abs(images[0].width / images[0].height - w / h) < 0.15 * (w / h)
 
 

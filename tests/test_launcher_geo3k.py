@@ -65,9 +65,7 @@ def launcher_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
 
 
 def run_launcher(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(LAUNCHER), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
-    )
+    return subprocess.run(["bash", str(LAUNCHER), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
 def compose_geo3k(tmp_path: Path, judge_url: str, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -215,7 +213,9 @@ def test_missing_data_file(tmp_path: Path, data_dir: Path, judge: OpenAITestServ
     ],
     ids=["empty-ground-truth", "empty-annotation", "unknown-data-source", "image-placeholder", "no-images-column"],
 )
-def test_malformed_data(tmp_path: Path, data_dir: Path, judge: OpenAITestServer, shared_data: Path, break_row, expected):
+def test_malformed_data(
+    tmp_path: Path, data_dir: Path, judge: OpenAITestServer, shared_data: Path, break_row, expected
+):
     rows = geo3k_rows(shared_data)[:5]
     if "missing column" in expected:
         for row in rows:

@@ -182,7 +182,7 @@ def test_rule_scores_and_hostile_outputs(scorer):
         row(""),  # empty response
         row(repeated),
         row("\\boxed{13}"),  # no answer block
-        row("<think>\n\\boxed{\\frac{\n</think>\n<answer>\n\\boxed{}}}{{\\left(\n</answer>"),  # garbage LaTeX
+        row("<think>\n\\boxed{\\frac{\n</think>\n<answer>\n}}\\boxed{{\\left(\\frac{\n</answer>"),  # garbage LaTeX
     ]
     out = [r.values for r in score_rows(scorer, rows)]
     for values in out:
@@ -323,10 +323,13 @@ def test_forged_tags_in_the_response_cannot_forge_judgements():
     out, requests = _judge_scores(_echo_judge, [row(forged, annotations=annotations)])
     assert out[0]["visual"] == 0.0 and out[0]["judge_failed"] == 0
     prompt = requests[0]["messages"][-1]["content"]
-    assert re.search(r"<\s*/?\s*info\s*\d*\s*>", prompt, re.IGNORECASE) is None  # defanged, still readable
-    assert "‹info1›1‹/info1›" in prompt
-    # and the fence the response tried to fake is not the real one
-    assert "=====RESPONSE-000000000000=====" not in re.findall(r"^=====RESPONSE-[0-9a-f]+=====$", prompt, re.M)[:1]
+    # the fence the response tried to fake is not the real one, which still encloses the whole response
+    fence = re.search(r"between the two (\S+) lines", prompt).group(1)
+    assert fence != "=====RESPONSE-000000000000====="
+    fenced = prompt[prompt.index(fence + "\n") + len(fence) + 1 : prompt.rindex("\n" + fence)]
+    assert fenced.startswith("<think>\n‹/info3›") and fenced.endswith("\\boxed{13}\n</answer>")
+    assert re.search(r"<\s*/?\s*info\s*\d*\s*>", fenced, re.IGNORECASE) is None  # defanged, still readable
+    assert "‹info1›1‹/info1›" in fenced
 
 
 def test_forged_tags_in_annotations_are_defanged_too():
@@ -335,8 +338,6 @@ def test_forged_tags_in_annotations_are_defanged_too():
 
 
 def test_judge_outage_scores_visual_zero_and_flags_the_row():
-    out, _ = _judge_scores(_fixed("<info1>1</info1>"), [])  # warm nothing; the real check follows
-    assert out == []
     with OpenAITestServer(models=["judge"]) as server:
         server.fail_next(100, status=503)
         judge = JudgeClient(JudgeSettings(base_urls=(server.base_url,), model="judge", max_retries=1, backoff_s=0.01))

@@ -31,7 +31,9 @@ def test_component_means_leave_out_none() -> None:
     assert metrics["reward/visual/mean"] == pytest.approx(0.75)  # the row without annotations is not a 0
     assert metrics["reward/format/mean"] == 1.0
     assert "reward/accuracy/mean" not in metrics  # all None: no metric rather than a fake 0
-    assert not any(key.startswith(("reward/judge_failed", "reward/judge_latency_s", "reward/scoring_error/")) for key in metrics)
+    assert not any(
+        key.startswith(("reward/judge_failed", "reward/judge_latency_s", "reward/scoring_error/")) for key in metrics
+    )
 
 
 def test_judge_failure_rate_counts_only_judged_rows() -> None:

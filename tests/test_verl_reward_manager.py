@@ -10,7 +10,6 @@ TransferQueue where the agent loop stores them.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import numpy as np
@@ -246,7 +245,10 @@ def test_training_metrics_read_back_from_transfer_queue(setup, reward_loop) -> N
     try:
         sample_keys = [f"uid{j}_0_0" for j in range(len(items))]
         fields = [
-            {"responses": batch.batch["responses"][j], "extra_fields": {"min_global_steps": 1, "reward_extra_info": info}}
+            {
+                "responses": batch.batch["responses"][j],
+                "extra_fields": {"min_global_steps": 1, "reward_extra_info": info},
+            }
             for j, info in enumerate(infos)
         ]
         tq.kv_batch_put(

@@ -93,6 +93,9 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, target)
     except BaseException:
         try:

@@ -68,27 +68,29 @@ def load_rows(path: str) -> list[ScoreRow]:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    rows = load_rows(args.input)
     judge_settings = judge_settings_from_args(args)
     judge = JudgeClient(judge_settings) if judge_settings else None
-    needs_judge = any(get_task(r.data_source).annotations is not None for r in rows)
-    if judge is not None and needs_judge:
-        try:
-            judge.preflight_sync()
-        except JudgeUnavailable as exc:
-            logger.warning("%s; scoring goes on and judged rows get judge_failed = 1", exc)
     try:
         scorer = RewardScorer(settings, judge=judge, workers=args.workers)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-
-    async def score_all(bar: Any) -> list[Any]:
-        try:
-            return await scorer.score_many(rows, on_done=bar.update)
-        finally:
-            await scorer.aclose()
-
     try:
+        # Workers start (and import math-verify) while the input is read and validated.
+        scorer.prewarm()
+        rows = load_rows(args.input)
+        needs_judge = any(get_task(r.data_source).annotations is not None for r in rows)
+        if judge is not None and needs_judge:
+            try:
+                judge.preflight_sync()
+            except JudgeUnavailable as exc:
+                logger.warning("%s; scoring goes on and judged rows get judge_failed = 1", exc)
+
+        async def score_all(bar: Any) -> list[Any]:
+            try:
+                return await scorer.score_many(rows, on_done=bar.update)
+            finally:
+                await scorer.aclose()
+
         with progress(len(rows), "scoring") as bar:
             results = asyncio.run(score_all(bar))
     finally:

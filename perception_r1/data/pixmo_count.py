@@ -90,15 +90,15 @@ class PixmoImages:
         image = row.get("image")
         if isinstance(image, str) and image:
             path = Path(image) if Path(image).is_absolute() or self.root is None else self.root / image
-            return path if path.is_file() else None
+            return path.resolve() if path.is_file() else None
         sha = row.get("image_sha256")
         if sha and sha in self._by_stem:
-            return self._by_stem[sha]
+            return self._by_stem[sha].resolve()
         url = row.get("image_url")
         if url:
             name = Path(urllib.parse.urlparse(str(url)).path).name
             if name in self._by_stem:
-                return self._by_stem[name]
+                return self._by_stem[name].resolve()
         return None
 
     def download(self, url: str, sha256: str | None, timeout_s: float = 30.0) -> Path | None:
@@ -169,13 +169,13 @@ def build_rows(
         label = rec.get("label")
         if not isinstance(label, str) or not label.strip():
             raise DataError(f"{where}: field 'label': expected a non-empty object name, got {label!r}")
-        if rec.get("points") is None:
+        count = rec.get("count")
+        points = read_points(rec["points"], where) if rec.get("points") is not None else None
+        if points is None or (not points and count):  # eval splits: a count without its points
             if skip_missing_points:
                 skipped["points"] += 1
                 continue
             raise DataError(f"{where}: field 'points': missing (eval splits have counts only; --skip-missing-points)")
-        points = read_points(rec["points"], where)
-        count = rec.get("count")
         if count is not None and int(count) != len(points):
             raise DataError(f"{where}: field 'count': {count} but {len(points)} points")
         path = images.find(rec)

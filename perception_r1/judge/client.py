@@ -167,11 +167,25 @@ def _is_retryable(exc: BaseException) -> bool:
     return False
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused by a refused/failed connect (the aiohttp transport reports it as a timeout)."""
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < 8:
+        if isinstance(cause, ConnectionError) or "Cannot connect to host" in str(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
+
+
 def _describe(exc: BaseException) -> str:
     import openai
 
     if isinstance(exc, openai.APIStatusError):
         return f"HTTP {exc.status_code}"
+    if isinstance(exc, openai.APIConnectionError) and _refused(exc):
+        return "connection error"
     if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError)):
         return "timeout"
     if isinstance(exc, openai.APIConnectionError):
@@ -235,9 +249,10 @@ class JudgeClient:
         }
         last: BaseException | None = None
         start = time.perf_counter()
+        first = next(self._rr)  # round-robin start; each retry moves on to the next replica
         async with semaphore:
             for attempt in range(settings.max_retries + 1):
-                client = clients[next(self._rr) % len(clients)]
+                client = clients[(first + attempt) % len(clients)]
                 self.stats.requests += 1
                 try:
                     # The generic ``post`` of the openai client (auth, base URL, status errors) without the

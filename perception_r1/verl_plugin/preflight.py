@@ -123,7 +123,9 @@ def check_data(path: str | os.PathLike[str], require_images: bool = True) -> int
     if missing:
         raise PreflightError(f"data file {file}: missing column(s) {missing}; verl needs {required}")
     if require_images and not pa.types.is_list(schema.field("images").type):
-        raise PreflightError(f"data file {file}: column 'images' must be a list of images, got {schema.field('images').type}")
+        raise PreflightError(
+            f"data file {file}: column 'images' must be a list of images, got {schema.field('images').type}"
+        )
 
     tasks = registered_tasks()
     count = 0
@@ -134,13 +136,17 @@ def check_data(path: str | os.PathLike[str], require_images: bool = True) -> int
             source = row["data_source"]
             task = tasks.get(source) if isinstance(source, str) else None
             if task is None:
-                raise PreflightError(f"{where}: field 'data_source': {source!r} is not a registered task {sorted(tasks)}")
+                raise PreflightError(
+                    f"{where}: field 'data_source': {source!r} is not a registered task {sorted(tasks)}"
+                )
             reward_model = row["reward_model"]
             if not isinstance(reward_model, dict) or "ground_truth" not in reward_model:
                 raise PreflightError(f"{where}: field 'reward_model.ground_truth': missing")
             extra_info = row["extra_info"]
             if extra_info is not None and not isinstance(extra_info, dict):
-                raise PreflightError(f"{where}: field 'extra_info': expected a struct/dict, got {type(extra_info).__name__}")
+                raise PreflightError(
+                    f"{where}: field 'extra_info': expected a struct/dict, got {type(extra_info).__name__}"
+                )
             try:
                 task.validate(reward_model["ground_truth"], extra_info or {})
             except ValueError as exc:
@@ -208,7 +214,9 @@ def visible_gpus() -> int:
 def check_gpus(required: int) -> int:
     count = visible_gpus()
     if count == 0:
-        raise PreflightError("no GPU found on this node (nvidia-smi lists none); training needs GPUs (DRY_RUN=1 skips this check)")
+        raise PreflightError(
+            "no GPU found on this node (nvidia-smi lists none); training needs GPUs (DRY_RUN=1 skips this check)"
+        )
     if count < required:
         raise PreflightError(f"N_GPUS_PER_NODE={required} but this node has {count} visible GPU(s)")
     return count

@@ -34,7 +34,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
@@ -166,7 +165,9 @@ class PerceptionRewardManager(RewardManagerBase):
         except Exception as exc:  # bad data or a bug: score 0, count it, keep training
             self.scoring_errors += 1
             if self.scoring_errors in (1, 10, 100) or self.scoring_errors % 1000 == 0:
-                logger.error("could not score a trajectory (%d so far): %s: %s", self.scoring_errors, type(exc).__name__, exc)
+                logger.error(
+                    "could not score a trajectory (%d so far): %s: %s", self.scoring_errors, type(exc).__name__, exc
+                )
             info["score"] = 0.0
             info[SCORING_ERROR] = 1
             return {"reward_score": 0.0, "reward_extra_info": info}

@@ -16,7 +16,6 @@ import logging
 from typing import Any
 
 import transfer_queue as tq
-
 from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
 
 from . import TRAINER_MODE

@@ -1,0 +1,194 @@
+"""JudgeClient against the real local OpenAI-compatible server: retries, timeouts, replicas, concurrency, preflight."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+
+from perception_r1.judge.client import JudgeClient, JudgeError, JudgeSettings, JudgeUnavailable
+from perception_r1.testing import OpenAITestServer
+
+KEY = "test-secret-key"
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def closed_port_url() -> str:
+    """A URL on a port nobody listens on (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def make(urls: str, **kw) -> JudgeClient:
+    kw.setdefault("backoff_s", 0.01)
+    kw.setdefault("api_key", KEY)
+    kw.setdefault("model", "judge")
+    return JudgeClient(JudgeSettings(base_urls=JudgeSettings.split_urls(urls), **kw))
+
+
+def run_chats(client: JudgeClient, n: int = 1, **params):
+    """``n`` concurrent chats on one loop; exceptions are returned, not raised."""
+
+    async def go():
+        try:
+            return await asyncio.gather(*(client.chat(MESSAGES, **params) for _ in range(n)), return_exceptions=True)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def server():
+    with OpenAITestServer(models=["judge"], api_key=KEY, responder=lambda req: "<info1>1</info1>") as s:
+        yield s
+
+
+def test_scripted_judgement_and_request_shape(server):
+    [result] = run_chats(make(server.base_url, max_tokens=77), temperature=0.5)
+    assert result.text == "<info1>1</info1>" and result.attempts == 1
+    assert result.completion_tokens == len("<info1>1</info1>") // 4 and result.prompt_tokens == 10
+    [body] = server.requests
+    assert body["model"] == "judge" and body["messages"] == MESSAGES
+    assert body["max_tokens"] == 77 and body["temperature"] == 0.5  # per-call params override settings
+    assert server.headers[0]["Authorization"] == f"Bearer {KEY}"
+
+
+def test_latency_is_waited_for_and_reported(server):
+    server.latency_s = 0.3
+    [result] = run_chats(make(server.base_url, timeout_s=10))
+    assert result.text == "<info1>1</info1>" and result.latency_s >= 0.3
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_retryable_statuses_then_success(server, status):
+    server.fail_next(2, status=status)
+    client = make(server.base_url, max_retries=3)
+    [result] = run_chats(client)
+    assert result.text == "<info1>1</info1>" and result.attempts == 3
+    assert client.stats.retries == 2 and client.stats.failures == 0 and server.request_count == 3
+
+
+def test_retry_budget_exhausted_raises_judge_error(server):
+    server.fail_next(10, status=500)
+    client = make(server.base_url, max_retries=2)
+    [error] = run_chats(client)
+    assert isinstance(error, JudgeError) and "3 attempt(s)" in str(error) and "HTTP 500" in str(error)
+    assert server.request_count == 3 and client.stats.failures == 1
+
+
+@pytest.mark.parametrize("status", [400, 404])
+def test_client_errors_are_not_retried(server, status):
+    server.fail_next(1, status=status)
+    [error] = run_chats(make(server.base_url, max_retries=3))
+    assert isinstance(error, JudgeError) and f"HTTP {status}" in str(error)
+    assert server.request_count == 1
+
+
+def test_hanging_server_times_out_then_retry_succeeds(server):
+    server.fail_next(1, hang_s=2)  # > timeout; short so the server stops quickly
+    client = make(server.base_url, timeout_s=0.5, max_retries=1)
+    [result] = run_chats(client)
+    assert result.text == "<info1>1</info1>" and result.attempts == 2
+
+
+def test_hanging_server_exhausts_budget_with_timeout(server):
+    server.fail_next(5, hang_s=2)
+    [error] = run_chats(make(server.base_url, timeout_s=0.3, max_retries=1))
+    assert isinstance(error, JudgeError) and "timeout" in str(error)
+
+
+def test_connection_refused():
+    client = make(closed_port_url(), max_retries=2)
+    [error] = run_chats(client)
+    assert isinstance(error, JudgeError) and "connection error" in str(error)
+    assert client.stats.requests == 3 and client.stats.retries == 2
+
+
+def test_round_robin_over_replicas():
+    with OpenAITestServer(models=["judge"], api_key=KEY) as a, OpenAITestServer(models=["judge"], api_key=KEY) as b:
+        results = run_chats(make(f"{a.base_url}, {b.base_url}/"), n=20)
+        assert all(not isinstance(r, Exception) for r in results)
+        assert a.request_count == 10 and b.request_count == 10
+
+
+def test_one_replica_down_every_request_still_succeeds(server):
+    client = make(f"{closed_port_url()},{server.base_url}", max_retries=1)
+    results = run_chats(client, n=12)
+    assert all(r.text == "<info1>1</info1>" for r in results)
+    assert server.request_count == 12 and client.stats.failures == 0
+    assert client.stats.retries >= 1  # the requests sent to the dead replica went to the live one
+
+
+def test_concurrency_is_bounded(server):
+    server.latency_s = 0.1
+    results = run_chats(make(server.base_url, max_concurrency=4), n=24)
+    assert all(not isinstance(r, Exception) for r in results)
+    assert 1 < server.max_in_flight <= 4
+
+
+def test_malformed_settings_are_rejected():
+    with pytest.raises(ValueError, match="http"):
+        JudgeSettings.split_urls("localhost:8000")
+    with pytest.raises(ValueError, match="empty"):
+        JudgeSettings(base_urls=())
+    with pytest.raises(ValueError, match="max_concurrency"):
+        JudgeSettings(base_urls=("http://x/v1",), max_concurrency=0)
+    assert JudgeSettings.split_urls("http://a:1, http://b:2/v1/ ,") == ("http://a:1/v1", "http://b:2/v1")
+
+
+def test_settings_from_env(monkeypatch):
+    monkeypatch.delenv("VLLM_SERVER_BASE_URL", raising=False)
+    assert JudgeSettings.from_env() is None
+    monkeypatch.setenv("VLLM_SERVER_BASE_URL", "http://a:1,http://b:2")
+    monkeypatch.setenv("VLLM_MODEL_NAME", "m")
+    monkeypatch.setenv("VLLM_SERVER_API_KEY", KEY)
+    monkeypatch.setenv("JUDGE_MAX_CONCURRENCY", "7")
+    settings = JudgeSettings.from_env()
+    assert settings.base_urls == ("http://a:1/v1", "http://b:2/v1")
+    assert (settings.model, settings.api_key, settings.max_concurrency) == ("m", KEY, 7)
+    assert JudgeSettings.from_env(model="explicit").model == "explicit"  # explicit values win
+
+
+# ---------------------------------------------------------------------------------------------- preflight
+
+
+def test_preflight_ok(server):
+    make(server.base_url).preflight_sync()
+
+
+def test_preflight_unreachable():
+    with pytest.raises(JudgeUnavailable, match="unreachable"):
+        make(closed_port_url()).preflight_sync(timeout_s=2)
+
+
+def test_preflight_wrong_model(server):
+    with pytest.raises(JudgeUnavailable, match=r"serves \['judge'\], not the configured model 'Qwen"):
+        make(server.base_url, model="Qwen/Qwen2.5-32B-Instruct").preflight_sync()
+
+
+def test_preflight_checks_every_replica(server):
+    with pytest.raises(JudgeUnavailable, match="unreachable"):
+        make(f"{server.base_url},{closed_port_url()}").preflight_sync(timeout_s=2)
+
+
+def test_preflight_wrong_key_and_the_key_never_leaks(server, caplog):
+    wrong = "sk-wrong-key-4f1d9c"
+    caplog.set_level(logging.DEBUG)  # every logger, including openai/httpx/aiohttp debug output
+    with pytest.raises(JudgeUnavailable, match="401") as info:
+        make(server.base_url, api_key=wrong).preflight_sync()
+    assert wrong not in str(info.value)
+    # failures of every kind, logged at debug level
+    server.fail_next(3, status=500)
+    client = make(server.base_url, api_key=wrong, max_retries=2)
+    [error] = run_chats(client)
+    refused = make(closed_port_url(), api_key=wrong, max_retries=1)
+    [refused_error] = run_chats(refused)
+    texts = [caplog.text, str(error), repr(error), str(refused_error), repr(client), repr(client.settings)]
+    texts += [repr(refused.stats), str(vars(client.stats))]
+    assert caplog.records  # something was logged, so the check below means something
+    assert not [t for t in texts if wrong in t]
