@@ -70,11 +70,12 @@ def random_boxes(rng: np.random.Generator, k: int, w: float = 640, h: float = 48
     return np.concatenate([xy, xy + rng.uniform(10, 60, size=(k, 2))], axis=1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=100, help="timed calls per measurement (median reported)")
-    parser.add_argument("--shared-data", default=str(REPO.parent / "shared" / "data"))
-    args = parser.parse_args()
+def run(repeats: int = 100, shared_data: str | Path = REPO.parent / "shared" / "data") -> dict:
+    """Time every workload; returns ``{"rows": [...], "table": markdown}`` (``run_all.py`` prints the table).
+
+    ``run_all.py`` passes its own small ``repeats`` (process repeats there); here it is timed calls, so at least 50.
+    """
+    repeats = max(int(repeats), 50)
     rng = np.random.default_rng(0)
     rows = []
 
@@ -84,14 +85,14 @@ def main() -> None:
     pred[:, 2:] = np.maximum(pred[:, 2:], pred[:, :2] + 1)
     pred = pred[rng.permutation(100)]
     gt_list, pred_list = gt.tolist(), pred.tolist()
-    baseline = per_call_ms(lambda: python_loop_greedy(pred_list, gt_list), max(args.repeats // 5, 10))
-    core = per_call_ms(lambda: vectorised_hungarian(pred, gt), args.repeats)
+    baseline = per_call_ms(lambda: python_loop_greedy(pred_list, gt_list), max(repeats // 5, 10))
+    core = per_call_ms(lambda: vectorised_hungarian(pred, gt), repeats)
     labels = [["cat", "dog", "person", "car"][i % 4] for i in range(100)]
     objects = [{"bbox": b, "label": lab} for b, lab in zip(gt_list, labels, strict=True)]
     extra = {"image_size": [640, 480]}
     det_settings = build_settings(detection.DetectionSettings, {"coord_frame": "qwen2_5_vl"})
     answer = format_boxes_json(from_original(pred, "qwen2_5_vl", (640, 480)), labels)
-    full = per_call_ms(lambda: detection.rule_components(answer, objects, extra, det_settings), args.repeats)
+    full = per_call_ms(lambda: detection.rule_components(answer, objects, extra, det_settings), repeats)
     rows.append(("detection 100×100: Python-loop IoU + greedy (baseline)", baseline, 1000 / baseline, "1.0×"))
     rows.append(("detection 100×100: numpy IoU + Hungarian (core)", core, 1000 / core, f"{baseline / core:.1f}×"))
     rows.append(("detection 100×100: whole scorer (parse+frame+match)", full, 1000 / full, f"{baseline / full:.1f}×"))
@@ -104,11 +105,11 @@ def main() -> None:
         [{"point_2d": [int(v) for v in p], "label": "x"} for p in from_original(guess, "qwen2_vl", (640, 480))]
     )
     count_gt = points.tolist()
-    cnt = per_call_ms(lambda: counting.rule_components(count_answer, count_gt, extra, count_settings), args.repeats)
+    cnt = per_call_ms(lambda: counting.rule_components(count_answer, count_gt, extra, count_settings), repeats)
     rows.append(("counting 50×50 points: whole scorer", cnt, 1000 / cnt, ""))
 
     # ---- OCR, real pages
-    ocr_dir = Path(args.shared_data) / "ocr"
+    ocr_dir = Path(shared_data) / "ocr"
     ocr_settings = build_settings(ocr.OcrSettings, {})
     if (ocr_dir / "pages.jsonl").is_file():
         pages = [json.loads(line) for line in (ocr_dir / "pages.jsonl").read_text().splitlines() if line.strip()]
@@ -120,13 +121,20 @@ def main() -> None:
             for a, t in zip(answers, texts, strict=True):
                 ocr.rule_components(a, t, {}, ocr_settings)
 
-        page_ms = per_call_ms(all_pages, max(args.repeats // 5, 10)) / len(texts)
+        page_ms = per_call_ms(all_pages, max(repeats // 5, 10)) / len(texts)
         rows.append((f"OCR: real page (mean {chars // len(texts)} chars), whole scorer", page_ms, 1000 / page_ms, ""))
 
-    print("| workload | ms / sample | samples / s | vs baseline |")
-    print("|---|---:|---:|---:|")
-    for name, ms, rate, speedup in rows:
-        print(f"| {name} | {ms:.3f} | {rate:,.0f} | {speedup} |")
+    lines = ["| workload | ms / sample | samples / s | vs baseline |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {ms:.3f} | {rate:,.0f} | {speedup} |" for name, ms, rate, speedup in rows]
+    return {"rows": rows, "table": "\n".join(lines)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=100, help="timed calls per measurement (median reported)")
+    parser.add_argument("--shared-data", default=str(REPO.parent / "shared" / "data"))
+    args = parser.parse_args()
+    print(run(args.repeats, args.shared_data)["table"])
 
 
 if __name__ == "__main__":

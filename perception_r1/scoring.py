@@ -136,6 +136,10 @@ class RewardScorer:
         key = check.key(row.response, row.ground_truth, settings)
         if key is None:
             return check.default, False
+        if check.shortcut is not None:
+            verdict = check.shortcut(key)
+            if verdict is not None:
+                return float(verdict), False
         memo_key = (task.data_source, key)
         entry = self._memo.get(memo_key)
         if entry is None:
@@ -177,22 +181,23 @@ class RewardScorer:
             logger.exception("rule scorer for %s raised; scoring the row as garbage", task.data_source)
             components = {}
 
-        jobs = []
-        if task.isolated is not None:
-            jobs.append(self._isolated(task, settings, row))
         annotations = task.annotations(extra_info) if task.annotations is not None else None
-        if task.annotations is not None:
-            jobs.append(self._judge(annotations, response))
-        results = await asyncio.gather(*jobs)
-
         timed_out = False
         latency = None
-        index = 0
-        if task.isolated is not None:
-            components[task.isolated.component], timed_out = results[index]
-            index += 1
-        if task.annotations is not None:
-            components["visual"], components["judge_failed"], latency = results[index]
+        if task.annotations is not None and annotations:
+            if task.isolated is not None:  # both I/O-bound steps at once
+                (accuracy, timed_out), judged = await asyncio.gather(
+                    self._isolated(task, settings, row), self._judge(annotations, response)
+                )
+                components[task.isolated.component] = accuracy
+            else:
+                judged = await self._judge(annotations, response)
+            components["visual"], components["judge_failed"], latency = judged
+        else:
+            if task.isolated is not None:  # awaited directly: no task objects on the common no-judge path
+                components[task.isolated.component], timed_out = await self._isolated(task, settings, row)
+            if task.annotations is not None:
+                components["visual"], components["judge_failed"] = None, 0
 
         values: dict[str, Any] = {"score": 0.0}
         for key in task.output_keys:

@@ -18,7 +18,7 @@ from perception_r1.judge.client import JudgeClient, JudgeSettings
 from perception_r1.judge.visual import build_visual_messages, judge_visual, parse_verdicts
 from perception_r1.rewards.format import format_reward
 from perception_r1.rewards.geo3k_visual import DATA_SOURCE, validate
-from perception_r1.rewards.math_answer import extract_answer, last_boxed, verify_answer
+from perception_r1.rewards.math_answer import extract_answer, last_boxed, quick_verdict, verify_answer
 from perception_r1.rewards.ngram import ngram_penalty
 from perception_r1.scoring import RewardScorer, ScoreRow
 from perception_r1.testing import OpenAITestServer
@@ -207,7 +207,8 @@ def test_rule_scores_and_hostile_outputs(scorer):
 
 def test_accuracy_is_memoized_per_ground_truth_and_answer():
     rng = random.Random(0)
-    answers = ["13", "13", "14", "x = 13", "13", "14", "13", "12"]
+    # Answers math-verify must decide (the in-process shortcut settles plain numbers and identical strings).
+    answers = ["x = 13", "x = 13", "x=14", "x=13", "x = 13", "x=14", "x = 13", "x = 12"]
     rows = [
         row(f"<think>\n{rng.random()}\n</think>\n<answer>\n\\boxed{{{a}}}\n</answer>", ground_truth=gt)
         for gt in ("13", "12")
@@ -221,6 +222,24 @@ def test_accuracy_is_memoized_per_ground_truth_and_answer():
     finally:
         local.close()
     assert out == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0] + [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_shortcut_agrees_with_math_verify_and_skips_the_pool():
+    rng = random.Random(1)
+    pairs = [("13", "13"), ("13", "13.0"), ("13", "26"), ("0.5", "50"), ("39.5", "39.50"), ("3", "3.0000004")]
+    pairs += [(str(a), str(b)) for a, b in ((rng.randint(0, 99), rng.randint(0, 99)) for _ in range(30))]
+    for key in pairs:
+        verdict = quick_verdict(key)
+        if verdict is not None:
+            assert verdict == verify_answer(*key), key
+    assert quick_verdict(("3", "3.0000004")) is None  # near-equal numbers go to math-verify's rounding rules
+    local = RewardScorer(workers=1)
+    try:
+        rows = [row(f"<think>\nx\n</think>\n<answer>\n\\boxed{{{a}}}\n</answer>") for a in ("13", "13.0", "26")]
+        assert [r.values["accuracy"] for r in score_rows(local, rows)] == [1.0, 1.0, 0.0]
+        assert len(local._memo) == 0  # decided in-process: no worker round trip
+    finally:
+        local.close()
 
 
 def test_pathological_latex_hits_the_hard_limit_without_touching_other_rows():

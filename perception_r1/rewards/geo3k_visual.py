@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .format import format_reward
-from .math_answer import accuracy_from_key, accuracy_key
+from .math_answer import accuracy_from_key, accuracy_key, quick_verdict
 from .ngram import ngram_penalty
 from .registry import Components, IsolatedCheck, Task, register_task
 
@@ -96,6 +96,7 @@ TASK = register_task(
             key=accuracy_key,
             fn=accuracy_from_key,
             timeout_s=lambda s: s.math_hard_timeout_s,
+            shortcut=quick_verdict,
         ),
         annotations=annotations,
     )

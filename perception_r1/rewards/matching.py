@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from .boxes import pairwise_iou
 
@@ -50,6 +49,8 @@ def hungarian_match(score: np.ndarray) -> Match:
     if s.ndim != 2 or s.size == 0:
         return _empty_match()
     s = np.where(np.isfinite(s), s, 0.0)
+    from scipy.optimize import linear_sum_assignment  # lazy: scipy.optimize costs ~0.25 s to import
+
     rows, cols = linear_sum_assignment(s, maximize=True)
     values = s[rows, cols]
     keep = values > 0

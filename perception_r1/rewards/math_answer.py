@@ -7,7 +7,9 @@ which only works on a process's main thread, so the scoring engine runs it in a 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -106,6 +108,32 @@ def warm_worker() -> None:
 
 def _normalise(text: str) -> str:
     return "".join(text.split()).rstrip(".")
+
+
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
+
+
+def quick_verdict(key: Hashable) -> float | None:
+    """Decide an accuracy key without math-verify when that is certain; ``None`` when math-verify must decide.
+
+    Identical strings are equal; two plain decimal numbers are equal when their values are, and unequal when they
+    differ by more than 0.1% (math-verify compares numbers after rounding to 6 decimals, so only near-equal pairs
+    need it). In GRPO batches most answers fall here, which saves a worker round trip and ~2 ms of sympy each.
+
+    >>> quick_verdict(("13", "13.0")), quick_verdict(("13", "26")), quick_verdict(("13", "x = 13"))
+    (1.0, 0.0, None)
+    """
+    ground_truth, answer = key  # type: ignore[misc]
+    ground_truth, answer = ground_truth.strip(), answer.strip()
+    if ground_truth == answer:
+        return 1.0
+    if _PLAIN_NUMBER.fullmatch(ground_truth) and _PLAIN_NUMBER.fullmatch(answer):
+        a, b = Decimal(ground_truth), Decimal(answer)
+        if a == b:
+            return 1.0
+        if abs(a - b) > Decimal("0.001") * max(abs(a), abs(b), Decimal(1)):
+            return 0.0
+    return None
 
 
 def accuracy_key(response: str, ground_truth: Any, settings: Any) -> Hashable | None:

@@ -32,6 +32,9 @@ class IsolatedCheck:
     fn: Callable[[Hashable, Any], float]
     timeout_s: Callable[[Any], float]
     default: float = 0.0
+    shortcut: Callable[[Hashable], float | None] | None = None
+    """Optional cheap in-process verdict for a key (``None``: undecided, run ``fn``). It must agree with ``fn``
+    wherever it answers; it exists because most GRPO answers are trivially right or wrong."""
 
 
 @dataclass(frozen=True)
