@@ -32,13 +32,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         if wanted is not None and not wanted.startswith("-") and wanted != short:
             subparsers.add_parser(short, add_help=False)
             continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

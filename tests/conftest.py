@@ -10,7 +10,7 @@ import pytest
 from perception_r1.testing import OpenAITestServer
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("PERCEPTION_R1_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("PERCEPTION_R1_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
 
 os.environ.setdefault("PERCEPTION_R1_NO_PROGRESS", "0")
 

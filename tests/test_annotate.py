@@ -154,7 +154,7 @@ def test_full_pipeline_on_geometry3k(shared_data, tmp_path, capsys, no_progress)
     for row in rows:
         source = problems[row["id"]]
         assert row["problem"] == source["problem"] and row["answer"] == source["answer"]
-        assert row["images"] == [str(shared_data / "geometry3k" / source["image"])]
+        assert row["images"] == [str((shared_data / "geometry3k" / source["image"]).resolve())]
         assert row["choices"] == source["choices"]
         assert row["visual_annotations"] == EXPECTED_ANNOTATIONS[row["id"]]
         prov = row["provenance"]
@@ -188,6 +188,16 @@ def test_full_pipeline_on_geometry3k(shared_data, tmp_path, capsys, no_progress)
     assert summary["status"] == {"skipped_input": 0, "ok": 10}
     report = _read_jsonl(Path(str(out) + ".report.jsonl"))
     assert [r["status"] for r in report] == ["ok"] * 10 and all(r["correct"] == 1 for r in report)
+
+    # The rows feed the geo3k training builder as they are (plain rows with an annotation list).
+    import pyarrow.parquet as pq
+
+    parquet = tmp_path / "train.parquet"
+    assert main(["data", "geo3k", "--input", str(out), "--output", str(parquet)]) == 0
+    built = pq.read_table(parquet).to_pylist()
+    assert [b["extra_info"]["visual_annotations"] for b in built] == [r["visual_annotations"] for r in rows]
+    assert [b["reward_model"]["ground_truth"] for b in built] == [r["answer"] for r in rows]
+    assert all(b["data_source"] == "geo3k_visual" and len(b["images"]) == 1 for b in built)
 
 
 def test_limit_and_rerun_reuses_every_call(shared_data, tmp_path, capsys, no_progress):

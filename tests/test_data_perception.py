@@ -154,7 +154,7 @@ def test_coco_detection_rows_match_instances(built, shared_data):
         for (gb, gl), (eb, el) in zip(got, expected, strict=True):
             assert gl == el and gb == pytest.approx(eb, abs=1e-9)
         (entry,) = row["images"]
-        assert entry["image"] == str(shared_data / "coco" / "images" / img["file_name"])
+        assert entry["image"] == str((shared_data / "coco" / "images" / img["file_name"]).resolve())
         assert (entry["min_pixels"], entry["max_pixels"]) == (3136, 1003520)
     assert sum(r["extra_info"]["num_objects"] for r in rows) == 36
 

@@ -5,8 +5,9 @@ Each builder module in :data:`BUILDER_MODULES` exposes ``register(subparsers)`` 
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from . import register_modules
 
 BUILDER_MODULES = (
     "perception_r1.data.geo3k",
@@ -21,12 +22,5 @@ BUILDER_MODULES = (
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("data", help="build training/validation parquet files for verl")
     builders = parser.add_subparsers(dest="dataset", metavar="DATASET")
-    for module_name in BUILDER_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        module.register(builders)
+    register_modules(builders, BUILDER_MODULES)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)

@@ -5,8 +5,9 @@ Each module in :data:`EVAL_MODULES` exposes ``register(subparsers)`` adding its 
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from . import register_modules
 
 EVAL_MODULES = (
     "perception_r1.eval.cli_inference",  # eval run / eval score (benchmarks through a served checkpoint)
@@ -17,12 +18,5 @@ EVAL_MODULES = (
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("eval", help="evaluate checkpoints: benchmarks, metrics, McNemar, reports")
     commands = parser.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND")
-    for module_name in EVAL_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        module.register(commands)
+    register_modules(commands, EVAL_MODULES)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)

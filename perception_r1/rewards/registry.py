@@ -78,11 +78,7 @@ def _load_builtin_tasks() -> None:
     from importlib.metadata import entry_points
 
     for module in _BUILTIN_TASK_MODULES:
-        try:
-            import_module(module)
-        except ModuleNotFoundError as exc:  # a task module that has not been written yet
-            if exc.name != module:
-                raise
+        import_module(module)
     for ep in entry_points(group="perception_r1.tasks"):
         ep.load()
 
