@@ -18,11 +18,12 @@ import base64
 import json
 import logging
 import mimetypes
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..jsonl import iter_jsonl
 from ..judge.client import JudgeClient, JudgeError
 from ..rewards.math_answer import extract_answer, last_boxed, verify_answer
 from . import prompts
@@ -70,21 +71,6 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
-def _read_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """``(line_number, object)`` per non-blank line; a line that is not JSON yields its decode error instead."""
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    with handle:
-        for number, text in enumerate(handle, start=1):
-            if text.strip():
-                try:
-                    yield number, json.loads(text)
-                except json.JSONDecodeError as exc:
-                    yield number, exc
-
-
 def load_problems(
     path: str | Path, limit: int | None = None, image_root: str | Path | None = None
 ) -> tuple[list[Problem], list[RowIssue]]:
@@ -97,7 +83,7 @@ def load_problems(
     problems: list[Problem] = []
     issues: list[RowIssue] = []
     seen_ids: set[str] = set()
-    for index, (line, obj) in enumerate(_read_lines(path)):
+    for index, (line, obj) in enumerate(iter_jsonl(path, require_object=False, on_invalid="yield")):
         if limit is not None and index >= limit:
             break
         if isinstance(obj, json.JSONDecodeError):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CommandError
+from ..jsonl import iter_jsonl
 from ..judge.client import JudgeSettings
 from ..rewards.registry import parse_set_options
 
@@ -68,18 +69,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, str]:
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, object)`` for each non-blank line; ``CommandError`` naming the line on bad JSON."""
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise CommandError(f"cannot read {path}: {exc.strerror}") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CommandError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+    return iter_jsonl(path, CommandError, require_object=False)
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CommandError
+from ..jsonl import iter_jsonl
 
 IMAGE_PLACEHOLDER = "<image>"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -81,17 +82,8 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, 
                 index += 1
         return
     if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{name}:{number}: invalid JSON ({exc.msg})") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{name}:{number}: expected a JSON object, got {type(record).__name__}")
-                yield f"{name}:{number}", record
+        for number, record in iter_jsonl(path, DataError, name=name):
+            yield f"{name}:{number}", record
         return
     if suffix == ".json":
         try:

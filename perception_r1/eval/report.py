@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..jsonl import iter_jsonl
+
 # Metrics shown in the table and plots when present (in this order); everything numeric goes to report.json.
 HEADLINE_METRICS: tuple[str, ...] = (
     "accuracy",
@@ -164,23 +166,16 @@ def _merge(rows: dict[int, dict[str, float]], step: int, metrics: Mapping[str, f
 
 def _read_jsonl_log(path: Path) -> dict[int, dict[str, float]]:
     rows: dict[int, dict[str, float]] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected an object with 'step'")
-            step = row.get("step")
-            if isinstance(step, bool) or not isinstance(step, (int, float)) or step != int(step):
-                raise ValueError(f"{path}:{number}: field 'step' missing or not an integer (got {step!r})")
-            payload = row["data"] if isinstance(row.get("data"), Mapping) else row
-            flat: dict[str, float] = {}
-            _flatten("", {k: v for k, v in payload.items() if k != "step"}, flat)
-            _merge(rows, int(step), flat)
+    for number, row in iter_jsonl(path, require_object=False):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected an object with 'step'")
+        step = row.get("step")
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or step != int(step):
+            raise ValueError(f"{path}:{number}: field 'step' missing or not an integer (got {step!r})")
+        payload = row["data"] if isinstance(row.get("data"), Mapping) else row
+        flat: dict[str, float] = {}
+        _flatten("", {k: v for k, v in payload.items() if k != "step"}, flat)
+        _merge(rows, int(step), flat)
     return rows
 
 

@@ -10,12 +10,13 @@ and right after. With few discordant pairs (``b + c < 25``) the exact two-sided 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Hashable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from ..jsonl import iter_jsonl
 
 EXACT_BELOW = 25
 
@@ -115,33 +116,22 @@ def load_outcomes(path: str | os.PathLike[str], key: str = "correct", id_field: 
     outcome, or a duplicated id.
     """
     outcomes: dict[Hashable, bool] = {}
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected an object with {id_field!r} and {key!r}")
-            if id_field not in row:
-                raise ValueError(f"{path}:{number}: missing field {id_field!r}")
-            if key not in row:
-                raise ValueError(f"{path}:{number}: missing field {key!r} (choose the outcome field with --key)")
-            item = row[id_field]
-            if isinstance(item, (list, dict)) or (isinstance(item, float) and math.isnan(item)):
-                raise ValueError(f"{path}:{number}: field {id_field!r} must be a string or number, got {item!r}")
-            outcome = _as_bool(row[key])
-            if outcome is None:
-                raise ValueError(f"{path}:{number}: field {key!r} must be true/false (or 1/0), got {row[key]!r}")
-            if item in outcomes:
-                raise ValueError(f"{path}:{number}: duplicate {id_field} {item!r}")
-            outcomes[item] = outcome
+    for number, row in iter_jsonl(path, require_object=False):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected an object with {id_field!r} and {key!r}")
+        if id_field not in row:
+            raise ValueError(f"{path}:{number}: missing field {id_field!r}")
+        if key not in row:
+            raise ValueError(f"{path}:{number}: missing field {key!r} (choose the outcome field with --key)")
+        item = row[id_field]
+        if isinstance(item, (list, dict)) or (isinstance(item, float) and math.isnan(item)):
+            raise ValueError(f"{path}:{number}: field {id_field!r} must be a string or number, got {item!r}")
+        outcome = _as_bool(row[key])
+        if outcome is None:
+            raise ValueError(f"{path}:{number}: field {key!r} must be true/false (or 1/0), got {row[key]!r}")
+        if item in outcomes:
+            raise ValueError(f"{path}:{number}: duplicate {id_field} {item!r}")
+        outcomes[item] = outcome
     return outcomes
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ...jsonl import iter_jsonl
+
 AnswerType = Literal["choice", "integer", "float", "number", "text", "list", "expression"]
 LETTERS = string.ascii_uppercase
 
@@ -95,17 +97,9 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
     if suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise BenchmarkFormatError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-        return rows
+        return [row for _, row in iter_jsonl(path, BenchmarkFormatError, require_object=False)]
+    text = path.read_text(encoding="utf-8")
     if suffix == ".json":
         try:
             data = json.loads(text)
