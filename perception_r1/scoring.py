@@ -206,9 +206,8 @@ class RewardScorer:
         values["score"] = _clean(task.combine(values, settings)) or 0.0
         return Scored(values=values, judge_latency_s=latency, isolated_timed_out=timed_out)
 
-    async def _judge(self, annotations: list[str] | None, response: str) -> tuple[float | None, int, float | None]:
-        if not annotations:
-            return None, 0, None
+    async def _judge(self, annotations: list[str], response: str) -> tuple[float, int, float | None]:
+        """``(visual, judge_failed, latency)`` for a row with at least one annotation."""
         if self.judge is None:
             if not self._warned_no_judge:
                 logger.warning("rows have visual annotations but no judge is configured: visual = 0, judge_failed = 1")
