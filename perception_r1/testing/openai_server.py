@@ -35,20 +35,46 @@ def _last_user_text(request: dict[str, Any]) -> str:
     return ""
 
 
-def substring_judge(request: dict[str, Any]) -> str:
-    """A scripted visual judge: annotation k is "stated" iff its text appears verbatim (case- and
-    space-insensitive) inside the fenced response of the last user message."""
+def fenced_annotations(request: dict[str, Any]) -> tuple[list[tuple[str, str]], str] | None:
+    """``([(number, annotation), ...], response)`` of a visual-judge request, or ``None`` when it is not one."""
     text = _last_user_text(request)
     fence = _FENCE.search(text)
     if not fence:
-        return ""
+        return None
     head, _, rest = text.partition(fence.group(1) + "\n")
     response, _, _ = rest.partition("\n" + fence.group(1))
+    return _ANNOTATION_LINE.findall(head), response
+
+
+def substring_judge(request: dict[str, Any]) -> str:
+    """A scripted visual judge: annotation k is "stated" iff its text appears verbatim (case- and
+    space-insensitive) inside the fenced response of the last user message."""
+    parsed = fenced_annotations(request)
+    if parsed is None:
+        return ""
+    annotations, response = parsed
     norm_response = " ".join(response.lower().split())
     lines = []
-    for number, annotation in _ANNOTATION_LINE.findall(head):
+    for number, annotation in annotations:
         hit = " ".join(annotation.lower().split()) in norm_response
         lines.append(f"<info{number}>{int(hit)}</info{number}>")
+    return "\n".join(lines)
+
+
+def hash_judge(request: dict[str, Any]) -> str:
+    """A scripted visual judge with deterministic pseudo-random verdicts: annotation k is "stated" iff the first
+    byte of sha256(annotation, response) is odd. Not a judge of anything: it gives a random-weight policy's
+    rollouts *different* visual rewards (so GRPO has a signal) in CPU training runs, reproducibly."""
+    import hashlib
+
+    parsed = fenced_annotations(request)
+    if parsed is None:
+        return ""
+    annotations, response = parsed
+    lines = []
+    for number, annotation in annotations:
+        digest = hashlib.sha256(f"{annotation}\x00{response}".encode()).digest()
+        lines.append(f"<info{number}>{digest[0] & 1}</info{number}>")
     return "\n".join(lines)
 
 

@@ -26,8 +26,18 @@ from typing import Any
 
 from . import SETUP_HOOK, TRAINER_MODE, split_reward_kwargs
 
-FORWARDED_ENV = ("VLLM_SERVER_BASE_URL", "VLLM_MODEL_NAME", "JUDGE_MAX_CONCURRENCY", "JUDGE_TIMEOUT")
-"""Judge env vars copied into the Ray runtime env (never the API key)."""
+FORWARDED_ENV = (
+    "VLLM_SERVER_BASE_URL",
+    "VLLM_MODEL_NAME",
+    "JUDGE_MAX_CONCURRENCY",
+    "JUDGE_TIMEOUT",
+    # the CPU backend (BACKEND=cpu launchers): every Ray process must load and select it
+    "VERL_PLATFORM",
+    "VERL_USE_EXTERNAL_MODULES",
+    # verl's `file` logger (trainer.logger=[...,file]) writes where the TaskRunner is told
+    "VERL_FILE_LOGGER_PATH",
+)
+"""Env vars copied into the Ray runtime env (never the API key)."""
 
 LEGACY_SECTIONS = ("custom_reward_function", "reward_model")
 """Top-level legacy reward sections that verl 0.9.1's v1 ``main_ppo`` silently ignores."""
