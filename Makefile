@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .test-venv
 PIP = $(VENV)/bin/pip
 
-.PHONY: test venv lint unit bench
+.PHONY: test venv lint unit bench demo
 
 venv:
 	rm -rf $(VENV)
@@ -23,3 +23,8 @@ test: venv lint unit
 
 bench:
 	$(VENV)/bin/python benchmarks/run_all.py
+
+# The quickstart: verl's trainer on this CPU through the geo3k launcher (tiny Qwen2-VL, 2 GRPO steps, checkpoint,
+# merge). Uses the python of the README's install; RESUME=1 STEPS=3 continues from the checkpoint; OUT moves it.
+demo:
+	$(PYTHON) -m perception_r1.demo

@@ -121,7 +121,10 @@ class HFRolloutServer:
                 f"prompt has {found} {IMAGE_PAD_TOKEN} tokens but its {len(image_data)} image(s) make {expected}: "
                 "the agent loop and the rollout server processed the images differently"
             )
-        return {"pixel_values": out["pixel_values"], "image_grid_thw": grid}
+        # transformers 5 builds M-RoPE positions only when told which tokens are image tokens (1 = image, as the
+        # processor marks them); without it generate silently falls back to text positions for the image.
+        mm_token_type_ids = torch.tensor([[1 if t == pad_id else 0 for t in prompt_ids]], dtype=torch.int32)
+        return {"pixel_values": out["pixel_values"], "image_grid_thw": grid, "mm_token_type_ids": mm_token_type_ids}
 
     def _max_tokens(self, prompt_len: int, sampling_params: dict[str, Any]) -> int:
         # Same budget rule as verl's vLLM server: an explicit max_tokens, else the configured response length capped
