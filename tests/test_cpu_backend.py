@@ -333,9 +333,9 @@ def test_adapter_ships_actor_weights_to_the_named_server_through_ray(tiny_model:
 
 
 def _compose(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    from perception_r1.testing import OpenAITestServer
-
     from test_launcher_geo3k import geo3k_rows, launcher_env, write_parquet
+
+    from perception_r1.testing import OpenAITestServer
 
     shared = Path(os.environ.get("PERCEPTION_R1_SHARED_DATA", REPO.parent / "shared" / "data"))
     data = write_parquet(tmp_path / "train.parquet", geo3k_rows(shared)[:4])
