@@ -5,6 +5,10 @@ One Ray session for the module: verl's ``RewardLoopManager`` starts 2 ``RewardLo
 Qwen2.5-VL vocabulary, and ask a local OpenAI-compatible judge. The same session proves the trainer
 registration reaches Ray workers (the wrapper's setup hook) and that per-step metrics are read back from verl's
 TransferQueue where the agent loop stores them.
+
+The run's judge budget is ``JUDGE_MAX_CONCURRENCY=5`` over the 2 workers (3 + 2), and one canary per trajectory
+is mixed into the judge's traffic; the judge answers the canaries' labels truthfully (``labelled_judge``) and every
+other request as the substring judge.
 """
 
 from __future__ import annotations
@@ -18,10 +22,14 @@ import torch
 from omegaconf import OmegaConf
 from test_launcher_geo3k import JUDGE_KEY, JUDGE_MODEL, compose_geo3k, geo3k_rows, write_parquet
 
+from perception_r1.judge.calibration import load_rows
 from perception_r1.judge.client import JudgeClient, JudgeSettings
+from perception_r1.judge.guard import JudgeBreaker, JudgeGuardSettings
 from perception_r1.scoring import RewardScorer, ScoreRow
 from perception_r1.testing import OpenAITestServer
+from perception_r1.testing.openai_server import labelled_judge
 from perception_r1.testing.qwen_processor import save_qwen2_5_vl_processor
+from perception_r1.verl_plugin.metrics import judge_step, parse_judge_usage, reward_metrics
 from perception_r1.verl_plugin.reward_manager import extra_info_keys
 
 ray = pytest.importorskip("ray")
@@ -106,9 +114,14 @@ def expected_values(settings: dict, judge_url: str, rows: list[dict], items: lis
         scorer.close()
 
 
+CANARY_ROWS = load_rows()
+JUDGE_BUDGET = 5
+
+
 @pytest.fixture(scope="module")
 def judge():
-    with OpenAITestServer(models=[JUDGE_MODEL], api_key=JUDGE_KEY) as server:
+    truthful = labelled_judge({row.response: row.labels_for("paper") for row in CANARY_ROWS})
+    with OpenAITestServer(models=[JUDGE_MODEL], api_key=JUDGE_KEY, responder=truthful) as server:
         yield server
 
 
@@ -124,8 +137,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, judge: Op
     processor = save_qwen2_5_vl_processor(tmp / "qwen2_5_vl")
     cfg.actor_rollout_ref.model.path = str(processor)  # the worker needs a tokenizer; no weights are loaded
     cfg.reward.num_workers = 2
+    # one canary per trajectory: as many canaries per step as trajectories in a step
+    cfg.reward.reward_kwargs.judge_canaries_per_step = cfg.data.train_batch_size * cfg.actor_rollout_ref.rollout.n
     runtime_env = OmegaConf.to_container(cfg.ray_kwargs.ray_init.runtime_env)
     runtime_env = {k: v for k, v in runtime_env.items() if v is not None}
+    runtime_env.setdefault("env_vars", {})["JUDGE_MAX_CONCURRENCY"] = str(JUDGE_BUDGET)  # the run's budget
     with pytest.MonkeyPatch.context() as mp:
         # like the launcher's shell: the key only in the environment Ray inherits, never in the config
         mp.setenv("VLLM_SERVER_API_KEY", JUDGE_KEY)
@@ -160,7 +176,9 @@ def test_reward_loop_scores_a_batch_like_the_scoring_engine(setup, reward_loop, 
     keys = list(extra_info_keys())
     assert out.meta_info["reward_extra_keys"] == keys
     assert {"score", "format", "accuracy", "visual", "ngram_penalty", "judge_failed", "judge_latency_s"} <= set(keys)
-    expected = expected_values(dict(cfg.reward.reward_kwargs), judge.base_url, rows, items)
+    assert {"judge_truncated", "judge_usage"} <= set(keys)
+    settings = {k: v for k, v in cfg.reward.reward_kwargs.items() if not k.startswith("judge_")}
+    expected = expected_values(settings, judge.base_url, rows, items)  # no canaries: they never reach a score
     rm_scores = out.batch["rm_scores"]
     for j, want in enumerate(expected):
         got = {key: out.non_tensor_batch[key][j] for key in want}
@@ -180,6 +198,86 @@ def test_reward_loop_scores_a_batch_like_the_scoring_engine(setup, reward_loop, 
     assert all(out.non_tensor_batch["judge_latency_s"][j] > 0 for j in (0, 1, 4))
     assert judge.request_count > requests_before
     assert all(h.get("Authorization") == f"Bearer {JUDGE_KEY}" for h in judge.headers)
+
+
+def _batch_records(judge: OpenAITestServer, run) -> tuple[object, list]:
+    before = len(judge.log)
+    out = run()
+    return out, judge.log[before:]
+
+
+def test_judge_cost_budget_and_canaries_in_the_reward_loop(setup, reward_loop, judge: OpenAITestServer) -> None:
+    """Per-row judge_usage accounts for every request the server saw; the run's budget holds across workers;
+    canaries are judged with the paper's labels and tallied, never scored."""
+    from transformers import AutoTokenizer
+
+    _, rows, processor = setup
+    tokenizer = AutoTokenizer.from_pretrained(processor)
+    items = responses_for(rows) * 4  # 44 trajectories over 2 workers (even: verl pads a batch to the worker count)
+    batch, _ = build_batch(tokenizer, rows, items)
+    judge.latency_s = 0.2  # requests overlap: the budget is what limits them
+    try:
+        out, records = _batch_records(judge, lambda: reward_loop.compute_rm_score(batch))
+    finally:
+        judge.latency_s = 0.0
+    infos = [
+        {key: out.non_tensor_batch[key][j] for key in out.meta_info["reward_extra_keys"]} for j in range(len(items))
+    ]
+    usages = [parse_judge_usage(info["judge_usage"]) for info in infos]
+    assert all(u is not None and u["started_at"] <= u["done_at"] for u in usages)
+
+    # cost: the rows' counts add up to exactly what the server saw and reported
+    metrics = reward_metrics(infos)
+    chat = [r for r in records if r.status == 200]
+    assert metrics["reward/judge_requests"] == len(records)
+    assert metrics["reward/judge_prompt_tokens"] == sum(r.usage["prompt_tokens"] for r in chat)
+    assert metrics["reward/judge_cached_prompt_tokens"] == sum(
+        r.usage["prompt_tokens_details"]["cached_tokens"] for r in chat
+    )
+    assert metrics["reward/judge_cached_prompt_tokens"] > 0  # the long system prompt + examples are shared
+    assert metrics["reward/judge_completion_tokens"] == sum(r.usage["completion_tokens"] for r in chat)
+    assert metrics["reward/judge_exposed_s"] >= 0 and metrics["reward/judge_constrained"] == 1.0
+
+    # canaries: one per trajectory, all answered truthfully by this judge
+    canary_texts = {"".join(ch for ch in row.response if ch.isalnum()) for row in CANARY_ROWS}
+    sent = [
+        r
+        for r in chat
+        if any(t and t in "".join(ch for ch in r.body["messages"][-1]["content"] if ch.isalnum()) for t in canary_texts)
+    ]
+    assert metrics["reward/judge_canaries"] == len(items) == len(sent)
+    assert metrics["reward/judge_canary_agreement"] == 1.0 and metrics["reward/judge_canary_hack_rate"] == 0.0
+
+    # the run-wide budget: 5 in flight at most, over at most 3 + 2 pooled connections
+    assert judge.max_in_flight <= JUDGE_BUDGET
+    assert len({r.peer for r in records}) <= JUDGE_BUDGET
+
+
+def test_judge_outage_reaches_the_breaker_with_url_and_server_error(
+    setup, reward_loop, judge: OpenAITestServer
+) -> None:
+    from transformers import AutoTokenizer
+
+    _, rows, processor = setup
+    tokenizer = AutoTokenizer.from_pretrained(processor)
+    items = responses_for(rows)[:6]
+    batch, _ = build_batch(tokenizer, rows, items)
+    judge.fail_next(100_000, status=503)
+    try:
+        out = reward_loop.compute_rm_score(batch)
+    finally:
+        judge.faults.clear()
+    infos = [
+        {key: out.non_tensor_batch[key][j] for key in out.meta_info["reward_extra_keys"]} for j in range(len(items))
+    ]
+    steps = [judge_step(infos, step=n) for n in (1, 2)]
+    assert steps[0].judged == steps[0].failed == sum(1 for i in infos if i["judge_failed"] == 1) > 0
+    breaker = JudgeBreaker(JudgeGuardSettings(), urls=[judge.base_url])
+    assert breaker.observe(steps[0]) is None
+    trip = breaker.observe(steps[1])
+    assert trip is not None and "\n" not in trip.message
+    assert f"{judge.base_url}/chat/completions" in trip.message and "HTTP 503: injected 503" in trip.message
+    assert f"{steps[1].failed} of {steps[1].judged} judged rows failed at step 2" in trip.message
 
 
 def test_judge_outage_never_crashes_the_reward_loop(setup, reward_loop, judge: OpenAITestServer) -> None:

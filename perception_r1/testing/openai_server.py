@@ -226,6 +226,8 @@ class RequestRecord:
     usage: dict[str, Any] | None = None
     started: float = 0.0
     finished: float = 0.0
+    peer: tuple | None = None
+    """The client's ``(host, port)``: requests over one keep-alive connection share it."""
 
 
 @dataclass
@@ -308,6 +310,8 @@ class OpenAITestServer:
             self.requests.append(body)
             self.headers.append(dict(request.headers))
         record = RequestRecord(body=body, status=200, started=time.time())
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        record.peer = tuple(peer[:2]) if peer else None
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
