@@ -315,7 +315,7 @@ def test_trainer_registration_reaches_ray_workers(setup) -> None:
     before, name, mro = ray.get(Probe.remote().trainer.remote(), timeout=600)
     assert before is False  # the hook is lazy: verl's trainers are only imported where verl needs them
     assert name == "perception_r1.verl_plugin.trainer.PerceptionPPOTrainer"
-    assert mro[1] == "PPOTrainerSync"
+    assert mro[1:3] == ["JudgeGuardMixin", "PPOTrainerSync"]
 
 
 def test_training_metrics_read_back_from_transfer_queue(setup, reward_loop) -> None:
@@ -367,3 +367,158 @@ def test_training_metrics_read_back_from_transfer_queue(setup, reward_loop) -> N
     assert metrics["reward/visual/mean"] == pytest.approx(float(np.mean(visual)))
     assert metrics["reward/judge_failure_rate"] == 0.0
     assert 0 < metrics["reward/judge_latency_p50"] <= metrics["reward/judge_latency_p95"]
+
+
+# ------------------------------------------------------------------ the breaker inside verl's own training loop
+
+
+def _loop_trainer_cls():
+    """verl's real ``PPOTrainer.fit`` loop and our ``JudgeGuardMixin``; only the GPU work is replaced: ``step``
+    scores a batch through the real reward loop and stores it in TransferQueue like the agent loop, and
+    ``_save_checkpoint`` records the call (there are no model workers to save)."""
+    from verl.trainer.ppo.v1 import PPOTrainerSync
+
+    from perception_r1.verl_plugin.trainer import JudgeGuardMixin
+
+    class NoGPUWork(PPOTrainerSync):
+        def __init__(self, config, make_step):  # noqa: D401 - verl's __init__ builds GPU workers
+            self.config = config
+            self.trainer_mode = "sync"
+            self.global_steps = 0
+            self.steps_per_epoch = 7
+            self.total_training_steps = 7
+            self.saved: list[int] = []
+            self.steps_run: list[int] = []
+            self._make_step = make_step
+            self._init_dump_executor()
+
+            class Weights:
+                def update_weights(self, step):
+                    pass
+
+                def sleep_replicas(self):
+                    pass
+
+            self.checkpoint_manager = Weights()
+
+        def step(self, metrics, timing_raw):
+            self.steps_run.append(self.global_steps)
+            return self._make_step(self.global_steps)
+
+        def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+            metrics["training/global_step"] = global_steps  # the stock metrics need GPU-side fields
+
+        def _save_checkpoint(self):
+            self.saved.append(self.global_steps)
+
+    class LoopTrainer(JudgeGuardMixin, NoGPUWork):
+        def __init__(self, config, make_step):
+            NoGPUWork.__init__(self, config, make_step)
+            self._init_judge_guard(config)
+
+    return LoopTrainer
+
+
+@pytest.mark.parametrize("policy", ["abort", "zero"])
+def test_breaker_stops_verls_loop_after_logging_the_step_and_saving_a_checkpoint(
+    setup, reward_loop, judge: OpenAITestServer, policy: str, capsys, monkeypatch
+) -> None:
+    """A judge that fails at steps 3, 5 and 6: the blip at 3 is survived, 5-6 trip the breaker at step 6
+    (patience 2); the step's metrics are logged, a checkpoint saved, fit raises one clear line."""
+    import transfer_queue as tq
+    from transfer_queue import KVBatchMeta
+    from transformers import AutoTokenizer
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    from perception_r1.judge.guard import JudgeBreakerTripped
+
+    cfg, rows, processor = setup
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    cfg.trainer.logger = ["console"]
+    cfg.trainer.save_freq = 4
+    cfg.trainer.test_freq = 0
+    cfg.trainer.val_before_train = False
+    cfg.trainer.default_local_dir = "/tmp/pr1-breaker-ckpt"
+    cfg.reward.reward_kwargs.judge_failure_policy = policy
+    monkeypatch.setenv("VLLM_SERVER_BASE_URL", judge.base_url)  # the driver's env, as Ray's runtime env gives it
+    monkeypatch.setenv("JUDGE_MAX_CONCURRENCY", str(JUDGE_BUDGET))
+    tokenizer = AutoTokenizer.from_pretrained(processor)
+    items = responses_for(rows)[:4]  # 4 judged trajectories per step
+    batch, _ = build_batch(tokenizer, rows, items)
+
+    def make_step(n: int):
+        if n in (3, 5, 6):
+            judge.fail_next(100_000, status=503)
+        try:
+            out = reward_loop.compute_rm_score(batch)
+        finally:
+            judge.faults.clear()
+        keys = out.meta_info["reward_extra_keys"]
+        infos = [{key: out.non_tensor_batch[key][j] for key in keys} for j in range(len(items))]
+        sample_keys = [f"s{n}uid{j}_0_0" for j in range(len(items))]
+        fields = [
+            {"responses": batch.batch["responses"][j], "extra_fields": {"min_global_steps": n, "reward_extra_info": i}}
+            for j, i in enumerate(infos)
+        ]
+        tq.kv_batch_put(
+            keys=sample_keys,
+            partition_id="train",
+            fields=list_of_dict_to_tensordict(fields),
+            tags=[{"status": "success"}] * len(items),
+        )
+        return KVBatchMeta(partition_id="train", keys=sample_keys, tags=[{"is_padding": False}] * len(items))
+
+    tq_cfg = OmegaConf.create(OmegaConf.to_container(cfg.transfer_queue))
+    tq_cfg.enable = True
+    tq_cfg.backend.SimpleStorage.num_data_storage_units = 1
+    tq.init(tq_cfg)
+    try:
+        trainer = _loop_trainer_cls()(cfg, make_step)
+        if policy == "abort":
+            with pytest.raises(JudgeBreakerTripped) as info:
+                trainer.fit(agent_loop_manager=None)
+        else:
+            trainer.fit(agent_loop_manager=None)
+    finally:
+        tq.close()
+    out = capsys.readouterr()
+    console = [line for line in out.out.splitlines() if line.startswith("step:")]
+    # the driver states the split and the policy at start
+    assert (
+        "perception_r1: judge concurrency: JUDGE_MAX_CONCURRENCY=5 requests in flight for the run, split over "
+        "reward.num_workers=2 reward workers: 2/3 each; timeouts: connect 10 s, total 300 s" in out.err
+    )
+    assert f"perception_r1: judge guard: failure policy {policy}" in out.err
+    if policy == "zero":
+        assert trainer.steps_run == list(range(1, 8)) and trainer.saved == [4, 7]  # every step, verl's saves only
+        assert not any("judge_breaker_tripped" in line for line in console)
+        return
+    message = str(info.value)
+    assert trainer.steps_run == [1, 2, 3, 4, 5, 6]  # survived the blip at 3, stopped after 6
+    assert trainer.saved == [4, 6]  # verl's own save at 4, ours at 6 before stopping
+    assert message.startswith("judge breaker: reward/judge_failure_rate above 0.20 for 2 consecutive steps (steps 5-6")
+    assert "4 of 4 judged rows failed at step 6" in message and f"judge {judge.base_url}" in message
+    assert "HTTP 503: injected 503" in message and "/tmp/pr1-breaker-ckpt/global_step_6" in message
+    assert "\n" not in message and f"perception_r1: {message}" in out.err
+    # the tripping step's metrics reached the logger before the loop ended
+    assert len(console) == 6 and "reward/judge_breaker_tripped:1.0" in console[-1]
+    assert "reward/judge_failure_rate:1.0" in console[-1] and "reward/judge_failure_rate:0.0" in console[3]
+    assert "reward/judge_breaker_streak:1.0" in console[2] and "reward/judge_breaker_streak:0.0" in console[3]
+
+
+def test_main_ppo_reads_the_breaker_line_out_of_a_ray_task_error(setup) -> None:
+    """The trainer runs in verl's TaskRunner actor: its exception reaches the driver as Ray's RayTaskError."""
+    from perception_r1.judge.guard import JudgeBreakerTripped
+    from perception_r1.verl_plugin.main_ppo import breaker_message
+
+    line = "judge breaker: reward/judge_failure_rate above 0.20 for 2 consecutive steps (steps 5-6: 1.00, 1.00)"
+
+    @ray.remote(num_cpus=0)
+    def trip():
+        raise JudgeBreakerTripped(line)
+
+    with pytest.raises(Exception) as info:
+        ray.get(trip.remote(), timeout=600)
+    assert "File " in str(info.value) and str(info.value) != line  # Ray's text: the remote stack, not the line
+    assert breaker_message(info.value) == line  # what the wrapper prints instead
+    assert breaker_message(RuntimeError("unrelated")) is None
