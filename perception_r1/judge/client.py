@@ -273,7 +273,10 @@ def _describe(exc: BaseException | None, settings: JudgeSettings | None = None) 
     if isinstance(exc, asyncio.TimeoutError):
         return f"timeout ({settings.timeout_s:g} s total)" if settings is not None else "timeout"
     if isinstance(exc, (aiohttp.ClientError, OSError)):
-        detail = _scrub(" ".join(str(exc).split()), key, 120)
+        cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+        errno = getattr(cause, "errno", None)
+        detail = os.strerror(errno) if isinstance(errno, int) and errno > 0 else " ".join(str(cause).split())
+        detail = _scrub(detail, key, 120)
         return "connection error" + (f" ({detail})" if detail else "")
     if isinstance(exc, ValueError):
         return "malformed response" + (f" ({_scrub(str(exc), key, 160)})" if str(exc) else "")
