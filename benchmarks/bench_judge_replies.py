@@ -69,9 +69,9 @@ def measure(rows: list[dict], constrained: bool, seed: int, tokenizer, concurren
         meant = substring_verdicts(row["extra_info"]["visual_annotations"], row["response"])
         wrong += verdict.verdicts != meant
     annotations = [len(r["extra_info"]["visual_annotations"]) for r in rows]
-    assert all(
-        parse_judge_request(r.body) is not None and bool(r.constrained) is constrained for r in log
-    ), "every request was a judge request in the expected mode"
+    assert all(parse_judge_request(r.body) is not None and bool(r.constrained) is constrained for r in log), (
+        "every request was a judge request in the expected mode"
+    )
     return {
         "mode": "constrained (structured_outputs regex)" if constrained else "free text, parsed leniently",
         "rows": len(rows),

@@ -56,14 +56,18 @@ def substring_verdicts(row: dict) -> list[int]:
 
 def expected_metrics(rows: list[dict], verdicts: list[list[int]], prompt: str = "paper") -> dict:
     pairs = [
-        (v, lab) for row, vs in zip(rows, verdicts, strict=True) for v, lab in zip(vs, labels_for(row, prompt), strict=True)
+        (v, lab)
+        for row, vs in zip(rows, verdicts, strict=True)
+        for v, lab in zip(vs, labels_for(row, prompt), strict=True)
     ]
     tp = sum(1 for v, lab in pairs if v == 1 and lab == 1)
     tn = sum(1 for v, lab in pairs if v == 0 and lab == 0)
     fp = sum(1 for v, lab in pairs if v == 1 and lab == 0)
     fn = sum(1 for v, lab in pairs if v == 0 and lab == 1)
     n = len(pairs)
-    errors = [sum(vs) / len(vs) - sum(labels_for(row, prompt)) / len(vs) for row, vs in zip(rows, verdicts, strict=True)]
+    errors = [
+        sum(vs) / len(vs) - sum(labels_for(row, prompt)) / len(vs) for row, vs in zip(rows, verdicts, strict=True)
+    ]
     hack = [
         v
         for row, vs in zip(rows, verdicts, strict=True)

@@ -186,7 +186,15 @@ def test_rule_scores_and_hostile_outputs(scorer):
     ]
     out = [r.values for r in score_rows(scorer, rows)]
     for values in out:
-        assert list(values) == ["score", "format", "accuracy", "visual", "ngram_penalty", "judge_failed", "judge_truncated"]
+        assert list(values) == [
+            "score",
+            "format",
+            "accuracy",
+            "visual",
+            "ngram_penalty",
+            "judge_failed",
+            "judge_truncated",
+        ]
         assert values["visual"] is None and values["judge_failed"] == 0  # no annotations: no visual term
     assert out[0] == {
         "score": 1.0,

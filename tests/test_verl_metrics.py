@@ -123,12 +123,34 @@ from perception_r1.judge.visual import VisualVerdict  # noqa: E402
 from perception_r1.verl_plugin.metrics import judge_step, judge_usage_info  # noqa: E402
 
 
-def _judged(started, done, *, requests=1, prompt=900, cached=640, completion=24, failed=False, truncated=False,
-            unparsed=0, constrained=True, canary=None, canary_verdicts=(), error=""):
+def _judged(
+    started,
+    done,
+    *,
+    requests=1,
+    prompt=900,
+    cached=640,
+    completion=24,
+    failed=False,
+    truncated=False,
+    unparsed=0,
+    constrained=True,
+    canary=None,
+    canary_verdicts=(),
+    error="",
+):
     verdict = VisualVerdict(
-        verdicts=[1, 0], failed=failed, latency_s=None if failed else 0.2, truncated=truncated, unparsed=unparsed,
-        requests=requests, prompt_tokens=0 if failed else prompt, cached_tokens=None if failed else cached,
-        completion_tokens=0 if failed else completion, constrained=constrained, error=error,
+        verdicts=[1, 0],
+        failed=failed,
+        latency_s=None if failed else 0.2,
+        truncated=truncated,
+        unparsed=unparsed,
+        requests=requests,
+        prompt_tokens=0 if failed else prompt,
+        cached_tokens=None if failed else cached,
+        completion_tokens=0 if failed else completion,
+        constrained=constrained,
+        error=error,
     )
     row = _row(0.5, visual=0.0 if failed else 0.5, failed=int(failed), latency=verdict.latency_s)
     row["judge_truncated"] = int(truncated)
@@ -151,8 +173,9 @@ def test_usage_info_is_a_string_so_validation_metrics_skip_it_and_keys_stay_iden
 
 
 def test_cost_per_step_sums_requests_and_tokens_including_retries_and_canaries():
-    canary = VisualVerdict([1], failed=False, latency_s=0.1, requests=1, prompt_tokens=800, cached_tokens=700,
-                           completion_tokens=8)
+    canary = VisualVerdict(
+        [1], failed=False, latency_s=0.1, requests=1, prompt_tokens=800, cached_tokens=700, completion_tokens=8
+    )
     rows = [
         _judged(10.0, 11.0, requests=1),
         _judged(10.5, 12.0, requests=3),  # two retries

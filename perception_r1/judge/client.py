@@ -80,7 +80,9 @@ def _parse_completion(body: Any) -> tuple[str, str | None, dict[str, Any]]:
     content = message.get("content") if isinstance(message, dict) else None
     finish_reason = choice.get("finish_reason") if isinstance(choice, dict) else None
     if not isinstance(content, str):
-        raise MalformedCompletion(f"the reply has no text (content: {json.dumps(content)}, finish_reason={finish_reason})")
+        raise MalformedCompletion(
+            f"the reply has no text (content: {json.dumps(content)}, finish_reason={finish_reason})"
+        )
     usage = body.get("usage")
     return content, finish_reason if isinstance(finish_reason, str) else None, usage if isinstance(usage, dict) else {}
 
@@ -420,7 +422,9 @@ class JudgeClient:
         import aiohttp
 
         async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, self.settings.connect_timeout_s)),
+            timeout=aiohttp.ClientTimeout(
+                total=timeout_s, sock_connect=min(timeout_s, self.settings.connect_timeout_s)
+            ),
             headers=self._headers,
         ) as session:
             for url in self.settings.base_urls:
@@ -430,7 +434,9 @@ class JudgeClient:
                         payload = await response.read()
                         status = response.status
                 except Exception as exc:
-                    raise JudgeUnavailable(f"{role} at {url} is unreachable ({_describe(exc, self.settings)})") from None
+                    raise JudgeUnavailable(
+                        f"{role} at {url} is unreachable ({_describe(exc, self.settings)})"
+                    ) from None
                 if status >= 400:
                     text = _scrub(_error_message(payload), self.settings.api_key)
                     detail = f"HTTP {status}" + (f": {text}" if text else "")

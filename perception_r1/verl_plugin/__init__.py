@@ -20,6 +20,7 @@ TRAINER_MODE = "perception_sync"
 SETUP_HOOK = "perception_r1.verl_plugin.setup_worker"
 """Value of ``ray_kwargs.ray_init.runtime_env.worker_process_setup_hook`` set by the ``main_ppo`` wrapper."""
 
+
 def _plugin_kwargs() -> frozenset[str]:
     from ..judge.guard import GUARD_KEYS  # pure dataclasses: keeps this import cheap
 

@@ -72,7 +72,11 @@ def judge_start_lines(config: Any, judge: JudgeSettings | None, guard: JudgeGuar
     canaries = (
         f"{guard.judge_canaries_per_step} canaries per step"
         + (f", agreement floor {guard.judge_min_canary_agreement:.2f}" if guard.judge_min_canary_agreement else "")
-        + (f", hack-rate ceiling {guard.judge_max_canary_hack_rate:.2f}" if guard.judge_max_canary_hack_rate < 1 else "")
+        + (
+            f", hack-rate ceiling {guard.judge_max_canary_hack_rate:.2f}"
+            if guard.judge_max_canary_hack_rate < 1
+            else ""
+        )
         if guard.judge_canaries_per_step
         else "canaries off"
     )
