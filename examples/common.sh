@@ -16,6 +16,7 @@
 #   SWANLAB_MODE [local]   SWANLAB_LOG_DIR [$PWD/swanlog]
 #   VLLM_SERVER_BASE_URL [http://127.0.0.1:8000/v1]   VLLM_MODEL_NAME [Qwen/Qwen2.5-32B-Instruct]
 #   VLLM_SERVER_API_KEY [EMPTY] (judge launchers only; the key is read from the environment, never put in argv/config)
+#   BACKEND [gpu]: `cpu` runs verl's trainer on the host CPU (tests, CI, `make demo`): see pr1_backend_overrides
 
 set -euo pipefail
 
@@ -32,6 +33,7 @@ pr1_defaults() {
   N_GPUS_PER_NODE="${N_GPUS_PER_NODE:-8}"
   DRY_RUN="${DRY_RUN:-0}"
   PYTHON="${PYTHON:-python3}"
+  BACKEND="${BACKEND:-gpu}"
   export SWANLAB_MODE="${SWANLAB_MODE:-local}"
   export SWANLAB_LOG_DIR="${SWANLAB_LOG_DIR:-$PWD/swanlog}"
 }
@@ -61,6 +63,40 @@ pr1_base_overrides() {
   )
 }
 
+# pr1_backend_overrides: fills PR1_BACKEND_OVERRIDES for BACKEND=cpu (empty for gpu) and exports what every Ray
+# process needs to load the CPU backend (perception_r1/verl_plugin/cpu: the `cpu` platform, gloo, the `hf`
+# transformers rollout). They come last on the command line: they define the backend, so they win over the task's
+# vLLM / flash-attn settings. verl's placement groups always ask for GPUs, so Ray gets N logical ones.
+pr1_backend_overrides() {
+  PR1_BACKEND_OVERRIDES=()
+  case "${BACKEND}" in
+    gpu) ;;
+    cpu)
+      export VERL_PLATFORM=cpu
+      case ",${VERL_USE_EXTERNAL_MODULES:-}," in  # keep the user's own verl plugin modules
+        *,perception_r1.verl_plugin.cpu,*) ;;
+        *) export VERL_USE_EXTERNAL_MODULES="${VERL_USE_EXTERNAL_MODULES:+${VERL_USE_EXTERNAL_MODULES},}perception_r1.verl_plugin.cpu" ;;
+      esac
+      local gpus=$(( NNODES * N_GPUS_PER_NODE ))
+      PR1_BACKEND_OVERRIDES=(
+        trainer.device=cpu
+        "++ray_kwargs.ray_init.num_gpus=${gpus}"
+        "++ray_kwargs.ray_init.num_cpus=${RAY_NUM_CPUS:-$(( gpus + 12 ))}"
+        transfer_queue.backend.SimpleStorage.num_data_storage_units=1
+        actor_rollout_ref.rollout.name=hf
+        actor_rollout_ref.actor.strategy=fsdp2
+        actor_rollout_ref.ref.strategy=fsdp2
+        actor_rollout_ref.model.use_remove_padding=False
+        +actor_rollout_ref.model.override_config.attn_implementation=eager
+      )
+      ;;
+    *)
+      echo "BACKEND=${BACKEND}: expected gpu or cpu" >&2
+      return 2
+      ;;
+  esac
+}
+
 # pr1_launch [--judge] OVERRIDE...: preflight, then DRY_RUN config print or the training run.
 pr1_launch() {
   local judge=()
@@ -70,14 +106,15 @@ pr1_launch() {
     shift
   fi
   pr1_base_overrides
-  local overrides=("${PR1_BASE_OVERRIDES[@]}" "$@")
+  pr1_backend_overrides || exit $?
+  local overrides=("${PR1_BASE_OVERRIDES[@]}" "$@" ${PR1_BACKEND_OVERRIDES[@]+"${PR1_BACKEND_OVERRIDES[@]}"})
   local dry=()
   if [[ "${DRY_RUN}" == "1" ]]; then
     dry=(--dry-run)
   fi
 
   "${PYTHON}" -m perception_r1.verl_plugin.preflight \
-    --data "${TRAIN_FILE}" --data "${VAL_FILE}" --gpus "${N_GPUS_PER_NODE}" ${judge[@]+"${judge[@]}"} ${dry[@]+"${dry[@]}"} \
+    --data "${TRAIN_FILE}" --data "${VAL_FILE}" --gpus "${N_GPUS_PER_NODE}" --backend "${BACKEND}" ${judge[@]+"${judge[@]}"} ${dry[@]+"${dry[@]}"} \
     -- "${overrides[@]}" || exit $?
 
   if [[ "${DRY_RUN}" == "1" ]]; then

@@ -7,7 +7,8 @@ richer :attr:`OpenAITestServer.log`). Like vLLM it reports ``usage`` (``prompt_t
 ``prompt_tokens_details.cached_tokens`` for a repeated prefix), honours ``max_tokens`` (``finish_reason: "length"``)
 and ``structured_outputs: {"regex": ...}`` (vLLM >= 0.12: the reply always matches the regex).
 
-Scripted judges: :func:`substring_judge` (the default), :func:`lying_judge` (``all1``, ``all0``, ``random``,
+Scripted judges: :func:`substring_judge` (the default), :func:`hash_judge` (deterministic pseudo-random verdicts
+for CPU training runs), :func:`lying_judge` (``all1``, ``all0``, ``random``,
 ``copy``), :func:`chatty_judge` (free-text habits of real LLM judges) and :func:`labelled_judge` (answers known
 labels). Run it standalone (``python -m perception_r1.testing.openai_server --port 8000``) to try the launchers
 without a GPU.
@@ -44,16 +45,24 @@ def _last_user_text(request: dict[str, Any]) -> str:
     return ""
 
 
-def parse_judge_request(request: Mapping[str, Any]) -> tuple[list[str], str] | None:
-    """``(annotations, fenced response)`` of a visual-judge request (its last user message), or ``None`` when the
-    request is not one (no random fence: e.g. a probe)."""
-    text = _last_user_text(dict(request))
+def fenced_annotations(request: dict[str, Any]) -> tuple[list[tuple[str, str]], str] | None:
+    """``([(number, annotation), ...], response)`` of a visual-judge request, or ``None`` when it is not one."""
+    text = _last_user_text(request)
     fence = _FENCE.search(text)
     if not fence:
         return None
     head, _, rest = text.partition(fence.group(1) + "\n")
     response, _, _ = rest.partition("\n" + fence.group(1))
-    return [annotation for _, annotation in _ANNOTATION_LINE.findall(head)], response
+    return _ANNOTATION_LINE.findall(head), response
+
+
+def parse_judge_request(request: Mapping[str, Any]) -> tuple[list[str], str] | None:
+    """``(annotations, fenced response)`` of a visual-judge request (its last user message), or ``None`` when the
+    request is not one (no random fence: e.g. a probe)."""
+    parsed = fenced_annotations(dict(request))
+    if parsed is None:
+        return None
+    return [annotation for _, annotation in parsed[0]], parsed[1]
 
 
 def render_verdicts(verdicts: Sequence[int]) -> str:
@@ -196,6 +205,23 @@ def _chatty(style: str, annotations: Sequence[str], verdicts: Sequence[int]) -> 
     if style == "preamble":
         text = "Here is my assessment of each visual annotation against the student's response:\n\n" + text
     return text
+
+
+def hash_judge(request: dict[str, Any]) -> str:
+    """A scripted visual judge with deterministic pseudo-random verdicts: annotation k is "stated" iff the first
+    byte of sha256(annotation, response) is odd. Not a judge of anything: it gives a random-weight policy's
+    rollouts *different* visual rewards (so GRPO has a signal) in CPU training runs, reproducibly."""
+    import hashlib
+
+    parsed = fenced_annotations(request)
+    if parsed is None:
+        return ""
+    annotations, response = parsed
+    lines = []
+    for number, annotation in annotations:
+        digest = hashlib.sha256(f"{annotation}\x00{response}".encode()).digest()
+        lines.append(f"<info{number}>{digest[0] & 1}</info{number}>")
+    return "\n".join(lines)
 
 
 FAULT_KINDS = ("not_json", "no_choices", "null_content")
@@ -537,9 +563,11 @@ def _first_in_class(items: Any) -> str:
 
 
 def responder_for(mode: str, seed: int = 0) -> Responder:
-    """The scripted judge named ``mode``: ``substring``, ``chatty`` or a :data:`LYING_MODES` one."""
+    """The scripted judge named ``mode``: ``substring``, ``hash``, ``chatty`` or a :data:`LYING_MODES` one."""
     if mode == "substring":
         return substring_judge
+    if mode == "hash":
+        return hash_judge
     if mode == "chatty":
         return chatty_judge(seed)
     return lying_judge(mode, seed)
@@ -568,7 +596,7 @@ def main() -> None:
 
 def add_judge_behaviour_options(parser: argparse.ArgumentParser) -> None:
     """CLI options for the scripted judge's behaviour (what the CPU training run's judge needs)."""
-    modes = ("substring", "chatty", *LYING_MODES)
+    modes = ("substring", "hash", "chatty", *LYING_MODES)
     parser.add_argument("--judge", default="substring", choices=modes, help="scripted judge (default: substring)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random/chatty judges")
     parser.add_argument("--vllm-version", default="0.24.0", help="what GET /version answers ('none': 404)")

@@ -364,6 +364,29 @@ def save_qwen2_vl_processor(directory: str | os.PathLike[str]) -> Path:
     )
 
 
+def _image_processor_config(path: Path) -> dict[str, Any]:
+    """The image processor settings of a directory as written by us (``preprocessor_config.json``) or by
+    transformers 5's ``save_pretrained`` (``processor_config.json`` with an ``image_processor`` section, e.g. the
+    ``huggingface/`` folder of a verl checkpoint)."""
+    legacy = path / "preprocessor_config.json"
+    if legacy.is_file():
+        return json.loads(legacy.read_text(encoding="utf-8"))
+    combined = path / "processor_config.json"
+    if combined.is_file():
+        section = json.loads(combined.read_text(encoding="utf-8")).get("image_processor")
+        if isinstance(section, dict):
+            return section
+    raise FileNotFoundError(f"{path}: no preprocessor_config.json or processor_config.json with an image_processor")
+
+
+def _chat_template(path: Path) -> str:
+    """The chat template from ``chat_template.json`` (ours) or ``chat_template.jinja`` (transformers 5)."""
+    jinja = path / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    return json.loads((path / "chat_template.json").read_text(encoding="utf-8"))["chat_template"]
+
+
 def load_qwen_vl_processor(directory: str | os.PathLike[str]) -> Any:
     """Load the processor verl would use for ``directory`` (as ``verl.utils.hf_processor`` does).
 
@@ -396,12 +419,13 @@ def load_qwen_vl_processor(directory: str | os.PathLike[str]) -> Any:
         from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
         from transformers.video_processing_utils import BaseVideoProcessor
 
-        image_config = json.loads((path / "preprocessor_config.json").read_text(encoding="utf-8"))
+        image_config = _image_processor_config(path)
         video_processor = BaseVideoProcessor(
             patch_size=image_config["patch_size"],
             temporal_patch_size=image_config["temporal_patch_size"],
             merge_size=image_config["merge_size"],
         )
+        image_kwargs = {k: v for k, v in image_config.items() if k not in ("image_processor_type", "processor_class")}
         # ProcessorMixin checks sub-processors against transformers' *top-level* BaseVideoProcessor, which is a
         # torchvision placeholder here; skip that one check for this instance only (the class stays the real one,
         # since verl dispatches on the processor's class name).
@@ -409,10 +433,10 @@ def load_qwen_vl_processor(directory: str | os.PathLike[str]) -> Any:
         processor.check_argument_for_proper_class = lambda name, argument: type(argument)
         processor_cls.__init__(
             processor,
-            image_processor=Qwen2VLImageProcessorPil.from_pretrained(path),
+            image_processor=Qwen2VLImageProcessorPil(**image_kwargs),
             tokenizer=AutoTokenizer.from_pretrained(path),
             video_processor=video_processor,
-            chat_template=json.loads((path / "chat_template.json").read_text(encoding="utf-8"))["chat_template"],
+            chat_template=_chat_template(path),
         )
         del processor.check_argument_for_proper_class
     processor.config = config

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -65,42 +65,66 @@ _TRAINER_MODULE = "perception_r1.verl_plugin.trainer"
 
 
 class _ChainedLoader(importlib.abc.Loader):
-    """Runs the real loader, then imports our trainer module (which registers itself)."""
+    """Runs the real loader, then the callbacks waiting for this module."""
 
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, loader: Any, callbacks: list[Callable[[ModuleType], None]]) -> None:
         self._loader = loader
+        self._callbacks = callbacks
 
     def create_module(self, spec: Any) -> ModuleType | None:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
-        importlib.import_module(_TRAINER_MODULE)
+        for callback in self._callbacks:
+            callback(module)
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_resource_reader, ... of the real loader
         return getattr(self._loader, name)
 
 
-class _RegisterOnImport(importlib.abc.MetaPathFinder):
-    """Chains our trainer registration onto the first import of ``verl.trainer.ppo.v1`` in this process.
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs callbacks right after the first import of given modules in this process.
 
-    Importing verl's trainers costs seconds; doing it eagerly in every Ray worker (reward workers, idle pool
-    workers) would be waste, so the hook only arranges for the registration to happen when verl itself needs
-    the registry.
+    Importing verl's trainers or engines costs seconds; doing it eagerly in every Ray worker (reward workers,
+    idle pool workers) would be waste, so registrations and fixes are chained onto the import verl itself makes.
     """
 
+    def __init__(self) -> None:
+        self.pending: dict[str, list[Callable[[ModuleType], None]]] = {}
+
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != _V1_MODULE:
+        callbacks = self.pending.pop(fullname, None)
+        if callbacks is None:
             return None
-        sys.meta_path.remove(self)  # one shot; also keeps the lookup below from recursing into us
         for finder in sys.meta_path:
+            if finder is self:
+                continue
             find = getattr(finder, "find_spec", None)
             spec = find(fullname, path, target) if find is not None else None
             if spec is not None:
                 if spec.loader is not None:
-                    spec.loader = _ChainedLoader(spec.loader)
+                    spec.loader = _ChainedLoader(spec.loader, callbacks)
                 return spec
         return None
+
+
+_after_import = _AfterImport()
+
+
+def run_after_import(module_name: str, callback: Callable[[ModuleType], None]) -> None:
+    """Call ``callback(module)`` once ``module_name`` is imported in this process (now, if it already is)."""
+    module = sys.modules.get(module_name)
+    if module is not None:
+        callback(module)
+        return
+    _after_import.pending.setdefault(module_name, []).append(callback)
+    if _after_import not in sys.meta_path:
+        sys.meta_path.insert(0, _after_import)
+
+
+def _register_trainer(_module: ModuleType) -> None:
+    importlib.import_module(_TRAINER_MODULE)  # importing it registers the trainer
 
 
 def setup_worker() -> None:
@@ -108,8 +132,6 @@ def setup_worker() -> None:
 
     Used as Ray's ``worker_process_setup_hook`` (runs in each worker process at start-up); idempotent.
     """
-    if _V1_MODULE in sys.modules:
-        importlib.import_module(_TRAINER_MODULE)
+    if _TRAINER_MODULE in sys.modules or _V1_MODULE in _after_import.pending.keys():
         return
-    if not any(isinstance(finder, _RegisterOnImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _RegisterOnImport())
+    run_after_import(_V1_MODULE, _register_trainer)

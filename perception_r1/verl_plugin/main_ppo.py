@@ -34,8 +34,13 @@ FORWARDED_ENV = (
     "JUDGE_TIMEOUT",
     "JUDGE_CONNECT_TIMEOUT",
     "JUDGE_STRUCTURED_OUTPUTS",
+    # the CPU backend (BACKEND=cpu launchers): every Ray process must load and select it
+    "VERL_PLATFORM",
+    "VERL_USE_EXTERNAL_MODULES",
+    # verl's `file` logger (trainer.logger=[...,file]) writes where the TaskRunner is told
+    "VERL_FILE_LOGGER_PATH",
 )
-"""Judge env vars copied into the Ray runtime env (never the API key)."""
+"""Env vars copied into the Ray runtime env (never the API key)."""
 BREAKER_EXIT = 3
 
 LEGACY_SECTIONS = ("custom_reward_function", "reward_model")

@@ -9,7 +9,8 @@
    ``extra_info``, ``images``), every row's ``data_source`` is a registered task whose ``validate(ground_truth,
    extra_info)`` passes, and the ``<image>`` placeholders in the prompt match the row's images;
 3. the judge (``--judge``): ``VLLM_SERVER_BASE_URL`` is set, every replica answers and serves ``VLLM_MODEL_NAME``;
-4. GPUs (skipped with ``--dry-run``): at least ``--gpus`` visible to this node.
+4. GPUs (skipped with ``--dry-run`` and with ``--backend cpu``, where Ray gets logical GPUs): at least ``--gpus``
+   visible to this node.
 
 Exit 0 when everything passes; otherwise exit 1 and print ``preflight: error: ...`` (no traceback) to stderr.
 It imports neither verl nor torch, so it takes well under a second.
@@ -238,6 +239,8 @@ def run(args: argparse.Namespace) -> list[str]:
         report.append(f"judge {check_judge(args.judge_timeout)}")
     if args.dry_run:
         report.append("DRY_RUN=1: GPU check skipped")
+    elif args.backend == "cpu":
+        report.append(f"BACKEND=cpu: verl on the host CPU with {args.gpus or 1} logical GPU(s)")
     elif args.gpus:
         report.append(f"{check_gpus(args.gpus)} GPU(s)")
     return report
@@ -253,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--judge-timeout", type=float, default=10.0, help="seconds per judge replica (default 10)")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs this node must have")
     parser.add_argument("--dry-run", action="store_true", help="skip the GPU check (DRY_RUN=1)")
+    parser.add_argument(
+        "--backend", choices=("gpu", "cpu"), default="gpu", help="cpu: no GPU check (BACKEND=cpu launchers)"
+    )
     parser.add_argument("overrides", nargs="*", help="the hydra overrides of the run (after --)")
     return parser
 
