@@ -335,3 +335,13 @@ def test_preflight_errors_name_the_role(server):
         make(server.base_url, model="other", role="distiller").preflight_sync()
     with pytest.raises(JudgeUnavailable, match=r"^policy at .* rejected the API key \(HTTP 401: unauthorized\)"):
         make(server.base_url, api_key="wrong", role="policy").preflight_sync()
+
+
+def test_a_judge_that_goes_down_after_n_requests():
+    from perception_r1.testing.openai_server import fail_after, substring_judge
+
+    with OpenAITestServer(models=["judge"], responder=fail_after(substring_judge, 2)) as down:
+        results = [run_chats(make(down.base_url, max_retries=0))[0] for _ in range(4)]
+        statuses = [r.status for r in down.log]
+    assert [isinstance(r, JudgeError) for r in results] == [False, False, True, True]
+    assert statuses == [200, 200, 503, 503] and "judge down after 2 requests" in str(results[-1])

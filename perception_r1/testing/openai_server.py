@@ -616,14 +616,16 @@ def apply_judge_behaviour_options(server: OpenAITestServer, args: argparse.Names
     server.structured_outputs = not args.no_structured_outputs
     if args.fail_after is not None:
         healthy = server.responder
-        server.responder = _fail_after(healthy, args.fail_after)
+        server.responder = fail_after(healthy, args.fail_after)
 
 
 class InjectedOutage(Exception):
     """Raised by a responder to make the server answer 503 (see ``--fail-after``)."""
 
 
-def _fail_after(responder: Responder, n: int) -> Responder:
+def fail_after(responder: Responder, n: int) -> Responder:
+    """``responder`` for the first ``n`` chat requests, then HTTP 503 for every one (a judge that goes down mid-run;
+    with ``judge_canaries_per_step=0`` and no validation, ``n = steps x trajectories per step`` healthy steps)."""
     count = 0
     lock = threading.Lock()
 
