@@ -108,7 +108,7 @@ class JudgeGuardMixin:
             infos = self._reward_infos(batch)
             metrics.update(reward_metrics(infos))
             step = judge_step(infos, global_steps)
-        except Exception as exc:  # metrics must never stop training; the breaker below must never be skipped silently
+        except Exception as exc:  # metrics must never stop training; a step the breaker cannot read is logged
             logger.warning("could not compute reward training metrics: %s: %s", type(exc).__name__, exc)
         if step is not None:
             self._judge_guard_step(step, metrics)
