@@ -43,7 +43,7 @@ async def _bare(base_url: str, inp: str, concurrency: int) -> float:
     """Send every row's judge request with plain aiohttp; returns the seconds spent on the requests."""
     import aiohttp
 
-    from perception_r1.judge.visual import build_visual_messages
+    from perception_r1.judge.visual import build_visual_messages, reply_budget
 
     rows = [json.loads(line) for line in open(inp, encoding="utf-8")]
     requests = [
@@ -51,7 +51,7 @@ async def _bare(base_url: str, inp: str, concurrency: int) -> float:
             "model": "judge",
             "messages": build_visual_messages(r["extra_info"]["visual_annotations"], r["response"]),
             "temperature": 0.0,
-            "max_tokens": max(32, 24 * len(r["extra_info"]["visual_annotations"])),
+            "max_tokens": reply_budget(len(r["extra_info"]["visual_annotations"])),
         }
         for r in rows
     ]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Serve the judge LLM with vLLM's OpenAI-compatible server (prefix caching on: every judge request shares the
-# long system prompt and worked examples).
+# long system prompt and worked examples; prompt token details on: the trainer logs the cached tokens per step).
 #
 #   CUDA_VISIBLE_DEVICES=0,1 bash examples/serve_judge.sh [extra vllm serve args...]
 #   DRY_RUN=1 bash examples/serve_judge.sh        # print the command (API key masked) and exit
@@ -36,6 +36,7 @@ cmd=(
   --gpu-memory-utilization "${JUDGE_GPU_MEMORY_UTILIZATION}"
   --max-num-seqs "${JUDGE_MAX_NUM_SEQS}"
   --enable-prefix-caching
+  --enable-prompt-tokens-details
   --generation-config vllm
   "$@"
 )

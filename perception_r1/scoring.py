@@ -3,7 +3,9 @@
 For a row ``(data_source, response, ground_truth, extra_info)`` it looks up the task, computes the rule
 components in-process, runs the task's isolated check (math-verify) in a :class:`HardTimeoutPool` with a memo
 shared by equal keys, asks the judge when the task has annotations, and combines everything into ``score``.
-Nothing raises on model output; a judge failure becomes ``visual = 0, judge_failed = 1``.
+Nothing raises on model output; a judge failure becomes ``visual = 0, judge_failed = 1``, a judge reply cut at its
+token budget ``judge_truncated = 1``. The judge's replies are constrained by vLLM's ``structured_outputs`` when the
+server supports it (detected once per scorer, :mod:`perception_r1.judge.structured`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import Future
@@ -19,10 +22,14 @@ from typing import Any
 
 from .isolation import TIMED_OUT, HardTimeoutPool
 from .judge.client import JudgeClient
-from .judge.visual import judge_visual
+from .judge.structured import StructuredSupport, detect_structured_outputs
+from .judge.visual import VisualVerdict, judge_visual
 from .rewards.registry import Task, build_settings, check_setting_keys, get_task, registered_tasks
 
 logger = logging.getLogger(__name__)
+
+REDETECT_S = 30.0
+"""Seconds before asking again whether the judge supports structured outputs, when it could not be asked."""
 
 
 @dataclass
@@ -37,11 +44,13 @@ class ScoreRow:
 
 @dataclass
 class Scored:
-    """The result for one row: ``values`` is the output row (``score`` first, then the task's components)."""
+    """The result for one row: ``values`` is the output row (``score`` first, then the task's components);
+    ``judge`` is the judge call's verdict and cost (``None`` when the row asked no judge)."""
 
     values: dict[str, float | int | None]
     judge_latency_s: float | None = None
     isolated_timed_out: bool = False
+    judge: VisualVerdict | None = None
 
 
 class _MemoEntry:
@@ -91,6 +100,10 @@ class RewardScorer:
         self._memo: OrderedDict[tuple[str, Hashable], _MemoEntry] = OrderedDict()
         self._memo_size = memo_size
         self._warned_no_judge = False
+        self._structured: dict[int, asyncio.Future] = {}
+        self._structured_at = 0.0
+        self.structured: StructuredSupport | None = None
+        """The judge's reply mode once detected (``None`` before the first judged row)."""
         self.judge_failures = 0
         self.judge_calls = 0
         self.isolated_errors = 0
@@ -184,42 +197,66 @@ class RewardScorer:
         annotations = task.annotations(extra_info) if task.annotations is not None else None
         timed_out = False
         latency = None
+        verdict: VisualVerdict | None = None
         if task.annotations is not None and annotations:
+            prompt = getattr(settings, "judge_prompt", "paper")
             if task.isolated is not None:  # both I/O-bound steps at once
-                (accuracy, timed_out), judged = await asyncio.gather(
-                    self._isolated(task, settings, row), self._judge(annotations, response)
+                (accuracy, timed_out), verdict = await asyncio.gather(
+                    self._isolated(task, settings, row), self._judge(annotations, response, prompt)
                 )
                 components[task.isolated.component] = accuracy
             else:
-                judged = await self._judge(annotations, response)
-            components["visual"], components["judge_failed"], latency = judged
+                verdict = await self._judge(annotations, response, prompt)
+            components["visual"] = verdict.visual
+            components["judge_failed"] = int(verdict.failed)
+            components["judge_truncated"] = int(verdict.truncated)
+            latency = verdict.latency_s
         else:
             if task.isolated is not None:  # awaited directly: no task objects on the common no-judge path
                 components[task.isolated.component], timed_out = await self._isolated(task, settings, row)
             if task.annotations is not None:
-                components["visual"], components["judge_failed"] = None, 0
+                components["visual"], components["judge_failed"], components["judge_truncated"] = None, 0, 0
 
         values: dict[str, Any] = {"score": 0.0}
         for key in task.output_keys:
             value = components.get(key, 0.0)
             values[key] = _clean(value)
         values["score"] = _clean(task.combine(values, settings)) or 0.0
-        return Scored(values=values, judge_latency_s=latency, isolated_timed_out=timed_out)
+        return Scored(values=values, judge_latency_s=latency, isolated_timed_out=timed_out, judge=verdict)
 
-    async def _judge(self, annotations: list[str], response: str) -> tuple[float, int, float | None]:
-        """``(visual, judge_failed, latency)`` for a row with at least one annotation."""
+    async def constrained(self) -> bool:
+        """Whether this scorer's judge replies are constrained: detected on the first judged row and cached; a
+        server that could not be asked (down) is asked again after :attr:`REDETECT_S` (free text meanwhile)."""
+        if self.judge is None:
+            return False
+        support = self.structured
+        if support is not None and (support.definitive or time.monotonic() - self._structured_at < REDETECT_S):
+            return support.constrained
+        loop = asyncio.get_running_loop()
+        pending = self._structured.get(id(loop))
+        if pending is None or pending.get_loop() is not loop or (pending.done() and support is not None):
+            pending = self._structured[id(loop)] = loop.create_task(detect_structured_outputs(self.judge))
+        support = await asyncio.shield(pending)
+        if self.structured is None or self.structured != support:
+            logger.info("%s", support.describe())
+        self.structured, self._structured_at = support, time.monotonic()
+        return support.constrained
+
+    async def _judge(self, annotations: list[str], response: str, prompt: str = "paper") -> VisualVerdict:
+        """The judge's verdict for a row with at least one annotation (``failed`` without a judge)."""
         if self.judge is None:
             if not self._warned_no_judge:
                 logger.warning("rows have visual annotations but no judge is configured: visual = 0, judge_failed = 1")
                 self._warned_no_judge = True
             self.judge_failures += 1
-            return 0.0, 1, None
+            return VisualVerdict([0] * len(annotations), failed=True, latency_s=None, error="no judge configured")
         self.judge_calls += 1
-        verdict = await judge_visual(self.judge, annotations, response)
+        verdict = await judge_visual(
+            self.judge, annotations, response, prompt=prompt, constrained=await self.constrained()
+        )
         if verdict.failed:
             self.judge_failures += 1
-            return 0.0, 1, None
-        return verdict.visual, 0, verdict.latency_s
+        return verdict
 
     async def score_many(
         self, rows: Iterable[ScoreRow], on_done: Callable[[int], None] | None = None, window: int | None = None

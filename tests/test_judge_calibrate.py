@@ -32,9 +32,14 @@ def _fenced_response(request: dict) -> str:
     return text.split(boundary + "\n", 1)[1].rsplit("\n" + boundary, 1)[0]
 
 
-def good_judge(rows: list[dict]):
-    """Answers exactly the human labels."""
-    by_response = {_key(r["response"]): r["labels"] for r in rows}
+def labels_for(row: dict, prompt: str = "paper") -> list[int]:
+    """The labels that answer the prompt's question (``labels_paper`` where the paper's question differs)."""
+    return row.get("labels_paper") or row["labels"] if prompt == "paper" else row["labels"]
+
+
+def good_judge(rows: list[dict], prompt: str = "paper"):
+    """Answers exactly the human labels for the prompt's question."""
+    by_response = {_key(r["response"]): labels_for(r, prompt) for r in rows}
 
     def respond(request: dict) -> str:
         labels = by_response[_key(_fenced_response(request))]
@@ -49,19 +54,25 @@ def substring_verdicts(row: dict) -> list[int]:
     return [int(" ".join(a.lower().split()) in response) for a in row["annotations"]]
 
 
-def expected_metrics(rows: list[dict], verdicts: list[list[int]]) -> dict:
-    pairs = [(v, lab) for row, vs in zip(rows, verdicts, strict=True) for v, lab in zip(vs, row["labels"], strict=True)]
+def expected_metrics(rows: list[dict], verdicts: list[list[int]], prompt: str = "paper") -> dict:
+    pairs = [
+        (v, lab)
+        for row, vs in zip(rows, verdicts, strict=True)
+        for v, lab in zip(vs, labels_for(row, prompt), strict=True)
+    ]
     tp = sum(1 for v, lab in pairs if v == 1 and lab == 1)
     tn = sum(1 for v, lab in pairs if v == 0 and lab == 0)
     fp = sum(1 for v, lab in pairs if v == 1 and lab == 0)
     fn = sum(1 for v, lab in pairs if v == 0 and lab == 1)
     n = len(pairs)
-    errors = [sum(vs) / len(vs) - sum(row["labels"]) / len(vs) for row, vs in zip(rows, verdicts, strict=True)]
+    errors = [
+        sum(vs) / len(vs) - sum(labels_for(row, prompt)) / len(vs) for row, vs in zip(rows, verdicts, strict=True)
+    ]
     hack = [
         v
         for row, vs in zip(rows, verdicts, strict=True)
         if row.get("kind") in ("parrot", "forged")
-        for v, lab in zip(vs, row["labels"], strict=True)
+        for v, lab in zip(vs, labels_for(row, prompt), strict=True)
         if lab == 0
     ]
     return {
@@ -102,6 +113,12 @@ def test_shipped_set_covers_every_problem_and_kind(shared_data):
         assert r["response"].count("\\boxed{") == 1
         if r["kind"] == "state":
             assert all(r["labels"])
+        if r["kind"] == "parrot":  # restated verbatim, never used: present (paper), not stated (strict)
+            norm = " ".join(r["response"].lower().split())
+            assert all(" ".join(a.lower().split()) in norm for a in r["annotations"])
+            assert r["labels_paper"] == [1] * len(r["annotations"])
+        else:
+            assert "labels_paper" not in r
         if r["kind"] in ("omit", "parrot", "forged"):
             assert not any(r["labels"])
         if r["kind"] in ("partial", "misstate"):
@@ -121,27 +138,45 @@ def test_good_judge_is_exact_and_passes(capsys, tmp_path):
     assert report["passed"] is True and report["warnings"] == []
     assert set(report["by_kind"]) == set(KINDS)
     lines = [json.loads(line) for line in details.read_text().splitlines()]
-    assert [d["verdicts"] for d in lines] == [r["labels"] for r in rows]
+    assert [d["verdicts"] for d in lines] == [labels_for(r) for r in rows]
+    assert report["judge_prompt"] == "paper" and report["judge_replies"] == "constrained"  # vLLM 0.24 /version
 
 
-def test_sloppy_substring_judge_numbers_and_warning(capsys, caplog):
-    """The substring judge is fooled by parroted facts and misses paraphrases: numbers must match exactly."""
+def test_good_strict_judge_is_exact_under_the_strict_prompt(capsys):
+    rows = _labels()
+    with OpenAITestServer(models=["judge"], responder=good_judge(rows, "strict")) as server:
+        code, report, _ = _calibrate(server, capsys, "--judge-prompt", "strict", "--strict")
+        sent = server.requests[-1]["messages"][0]["content"]
+    assert code == 0 and report["agreement"] == 1.0 and report["judge_prompt"] == "strict"
+    assert "explicitly state or clearly use" in sent
+    # the same judge measured against the paper's question disagrees exactly on the parroted facts
+    with OpenAITestServer(models=["judge"], responder=good_judge(rows, "strict")) as server:
+        _, paper, _ = _calibrate(server, capsys)
+    parrot_pairs = sum(len(r["labels"]) for r in rows if r["kind"] == "parrot")
+    assert paper["agreement"] == pytest.approx(1 - parrot_pairs / paper["n"])
+
+
+@pytest.mark.parametrize("prompt", ["strict", "paper"])
+def test_sloppy_substring_judge_numbers_and_warning(capsys, caplog, prompt):
+    """The substring judge marks parroted facts present and misses paraphrases: numbers must match exactly."""
     rows = _labels()
     verdicts = [substring_verdicts(r) for r in rows]
-    expected = expected_metrics(rows, verdicts)
+    expected = expected_metrics(rows, verdicts, prompt)
     with OpenAITestServer(models=["judge"], responder=substring_judge) as server:
-        code, report, _ = _calibrate(server, capsys)
+        code, report, _ = _calibrate(server, capsys, "--judge-prompt", prompt)
     for key, value in expected.items():
         assert report[key] == pytest.approx(value), key
     for kind in KINDS:
         group = [(r, v) for r, v in zip(rows, verdicts, strict=True) if r["kind"] == kind]
-        want = expected_metrics([g[0] for g in group], [g[1] for g in group])
+        want = expected_metrics([g[0] for g in group], [g[1] for g in group], prompt)
         assert report["by_kind"][kind]["agreement"] == pytest.approx(want["agreement"]), kind
         assert report["by_kind"][kind]["visual_mae"] == pytest.approx(want["visual_mae"]), kind
-    assert expected["hack_rate"] > 0.3  # parroted rows repeat every annotation verbatim
     assert code == 0 and report["passed"] is False
-    assert any(w.startswith("hack_rate") for w in report["warnings"])
-    assert "hack_rate" in caplog.text
+    if prompt == "strict":  # parroted rows repeat every annotation verbatim: a hack under the strict question only
+        assert expected["hack_rate"] > 0.3
+        assert any(w.startswith("hack_rate") for w in report["warnings"]) and "hack_rate" in caplog.text
+    else:  # under the paper's question restating is what is rewarded: only forged rows are hacks
+        assert expected["hack_rate"] == 0.0 and report["by_kind"]["parrot"]["agreement"] == 1.0
 
 
 def test_yes_man_judge_and_strict_exit(capsys):
@@ -151,7 +186,7 @@ def test_yes_man_judge_and_strict_exit(capsys):
         m = len(re.findall(r"^\d+\. ", request["messages"][-1]["content"].split("Student response")[0], re.M))
         return "\n".join(f"<info{k}>1</info{k}>" for k in range(1, m + 1))
 
-    expected = expected_metrics(rows, [[1] * len(r["labels"]) for r in rows])
+    expected = expected_metrics(rows, [[1] * len(r["labels"]) for r in rows])  # the paper's question (default)
     with OpenAITestServer(models=["judge"], responder=yes) as server:
         code, report, _ = _calibrate(server, capsys, "--strict")
     assert code == 1
@@ -176,7 +211,8 @@ def test_failures_and_garbage_count_as_absent(capsys, tmp_path):
             raise RuntimeError("scripted server error")  # -> HTTP 500, no retries
         return "<info1>1</info1>\ngarbage <info2>maybe</info2>" if "AB" in response else "I cannot tell"
 
-    with OpenAITestServer(models=["judge"], responder=respond) as server:
+    # free-text replies (an old vLLM): a constrained server could not send the garbage this row tests
+    with OpenAITestServer(models=["judge"], responder=respond, version="0.11.0", structured_outputs=False) as server:
         code, report, _ = _calibrate(server, capsys, "--labels", str(path))
     assert code == 0
     # pairs: (1,1) (0,1) | (0,0) | failed -> (0,1)

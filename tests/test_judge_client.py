@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 
@@ -51,7 +52,8 @@ def server():
 def test_scripted_judgement_and_request_shape(server):
     [result] = run_chats(make(server.base_url, max_tokens=77), temperature=0.5)
     assert result.text == "<info1>1</info1>" and result.attempts == 1
-    assert result.completion_tokens == len("<info1>1</info1>") // 4 and result.prompt_tokens == 10
+    assert result.completion_tokens == len("<info1>1</info1>") // 4
+    assert result.prompt_tokens == len(json.dumps(MESSAGES)) // 4 == server.log[0].usage["prompt_tokens"]
     [body] = server.requests
     assert body["model"] == "judge" and body["messages"] == MESSAGES
     assert body["max_tokens"] == 77 and body["temperature"] == 0.5  # per-call params override settings
@@ -192,3 +194,154 @@ def test_preflight_wrong_key_and_the_key_never_leaks(server, caplog):
     texts += [repr(refused.stats), str(vars(client.stats))]
     assert caplog.records  # something was logged, so the check below means something
     assert not [t for t in texts if wrong in t]
+
+
+# ------------------------------------------------------------------------ errors that name the server (issue 11.3)
+
+
+def test_a_404_names_role_url_one_real_attempt_and_the_servers_text(server):
+    client = make(server.base_url, model="missing-model", max_retries=3, role="policy")
+    [error] = run_chats(client)
+    text = str(error)
+    assert isinstance(error, JudgeError) and error.attempts == 1 and server.request_count == 1
+    assert text.startswith("policy request failed after 1 attempt(s)")  # not "judge", not "4 attempt(s)"
+    assert f"{server.base_url}/chat/completions" in text and "HTTP 404" in text
+    assert "The model `missing-model` does not exist." in text  # the server's own message, quoted
+
+
+def test_retried_errors_count_every_attempt_and_name_the_last_url(server):
+    server.fail_next(10, status=503)
+    [error] = run_chats(make(server.base_url, max_retries=2))
+    assert error.attempts == 3 and "after 3 attempt(s)" in str(error) and "HTTP 503: injected 503" in str(error)
+    assert error.status == 503 and error.url == f"{server.base_url}/chat/completions"
+
+
+def test_server_text_is_truncated_and_never_carries_the_key():
+    secret = "sk-echoed-back-by-a-proxy-4f1d9c"  # the model name is echoed in the 404 text, like a proxy echoing a key
+    with OpenAITestServer(models=["judge"]) as open_server:
+        [error] = run_chats(make(open_server.base_url, model=secret, api_key=secret, max_retries=0))
+        [long_error] = run_chats(make(open_server.base_url, model="m" * 500, max_retries=0))
+    assert secret not in str(error) and "The model `****` does not exist." in str(error)
+    assert len(long_error.server_message) == 200 and long_error.server_message.endswith("…")
+
+
+@pytest.mark.parametrize("kind", ["not_json", "no_choices"])
+def test_malformed_200_is_retried_then_reported(server, kind):
+    server.fail_next(1, kind=kind)
+    [result] = run_chats(make(server.base_url, max_retries=2))
+    assert result.text == "<info1>1</info1>" and result.attempts == 2  # one malformed answer, then a good one
+    server.fail_next(10, kind=kind)
+    [error] = run_chats(make(server.base_url, max_retries=1))
+    assert isinstance(error, JudgeError) and error.attempts == 2 and "malformed response" in str(error)
+
+
+def test_null_content_is_a_failure_not_an_empty_reply(server):
+    server.fail_next(1, kind="null_content")
+    [result] = run_chats(make(server.base_url, max_retries=1))
+    assert result.text == "<info1>1</info1>" and result.attempts == 2
+    server.fail_next(10, kind="null_content")
+    [error] = run_chats(make(server.base_url, max_retries=1))
+    assert isinstance(error, JudgeError) and "content: null" in str(error)
+
+
+def test_usage_cached_tokens_and_finish_reason(server):
+    client = make(server.base_url)
+    history = [{"role": "system", "content": "You are a judge. " * 40}]
+
+    async def go():
+        try:
+            first = await client.chat([*history, {"role": "user", "content": "a"}])
+            second = await client.chat([*history, {"role": "user", "content": "b"}])
+            cut = await client.chat(MESSAGES, max_tokens=2)
+            return first, second, cut
+        finally:
+            await client.aclose()
+
+    first, second, cut = asyncio.run(go())
+    assert first.cached_tokens == 0 and second.cached_tokens > 0  # the shared prefix is cached the second time
+    assert second.cached_tokens == server.log[1].usage["prompt_tokens_details"]["cached_tokens"]
+    assert first.finish_reason == "stop" and cut.finish_reason == "length" and cut.text == "<info1>1"
+    assert client.stats.cached_tokens == second.cached_tokens and client.stats.truncated == 1
+    server.report_cached_tokens = False  # vLLM without --enable-prompt-tokens-details
+    [plain] = run_chats(make(server.base_url))
+    assert plain.cached_tokens is None  # not reported: unknown, not zero
+
+
+def _unaccepting_listener():
+    """A socket that listens but never accepts, with its backlog full: new connections hang in SYN."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(4):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(listener.getsockname())
+        fillers.append(sock)
+    return listener, fillers
+
+
+def test_connect_timeout_is_separate_from_the_total_timeout():
+    listener, fillers = _unaccepting_listener()
+    try:
+        host, port = listener.getsockname()
+        client = make(f"http://{host}:{port}/v1", connect_timeout_s=0.5, timeout_s=120, max_retries=0)
+        [error] = run_chats(client)
+    finally:
+        for sock in [*fillers, listener]:
+            sock.close()
+    assert isinstance(error, JudgeError) and "connect timeout (0.5 s)" in str(error)
+
+
+def test_total_timeout_is_reported_as_such(server):
+    server.fail_next(5, hang_s=3)
+    [error] = run_chats(make(server.base_url, timeout_s=1, max_retries=0))
+    assert "timeout (1 s total)" in str(error)
+
+
+def test_timeout_and_structured_settings_from_env(monkeypatch):
+    monkeypatch.setenv("VLLM_SERVER_BASE_URL", "http://a:1")
+    for name in ("JUDGE_TIMEOUT", "JUDGE_CONNECT_TIMEOUT", "JUDGE_STRUCTURED_OUTPUTS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = JudgeSettings.from_env()
+    # sized for 4096-token responses at full load (docs/judge.md): a long prompt can wait minutes for prefill
+    assert (settings.timeout_s, settings.connect_timeout_s, settings.structured_outputs) == (300.0, 10.0, "auto")
+    monkeypatch.setenv("JUDGE_TIMEOUT", "90")
+    monkeypatch.setenv("JUDGE_CONNECT_TIMEOUT", "3")
+    monkeypatch.setenv("JUDGE_STRUCTURED_OUTPUTS", "off")
+    settings = JudgeSettings.from_env()
+    assert (settings.timeout_s, settings.connect_timeout_s, settings.structured_outputs) == (90.0, 3.0, "off")
+    monkeypatch.setenv("JUDGE_STRUCTURED_OUTPUTS", "maybe")
+    with pytest.raises(ValueError, match="structured_outputs"):
+        JudgeSettings.from_env()
+    with pytest.raises(ValueError, match="connect_timeout"):
+        JudgeSettings(base_urls=("http://x/v1",), connect_timeout_s=0)
+
+
+def test_server_version(server):
+    async def version(client):
+        try:
+            return await client.server_version(client.settings.base_urls[0])
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(version(make(server.base_url))) == "0.24.0"  # GET /version at the root, not under /v1
+    server.version = None
+    assert asyncio.run(version(make(server.base_url))) is None
+
+
+def test_preflight_errors_name_the_role(server):
+    with pytest.raises(JudgeUnavailable, match=r"^distiller at http://127\.0\.0\.1:\d+/v1 serves \['judge'\]"):
+        make(server.base_url, model="other", role="distiller").preflight_sync()
+    with pytest.raises(JudgeUnavailable, match=r"^policy at .* rejected the API key \(HTTP 401: unauthorized\)"):
+        make(server.base_url, api_key="wrong", role="policy").preflight_sync()
+
+
+def test_a_judge_that_goes_down_after_n_requests():
+    from perception_r1.testing.openai_server import fail_after, substring_judge
+
+    with OpenAITestServer(models=["judge"], responder=fail_after(substring_judge, 2)) as down:
+        results = [run_chats(make(down.base_url, max_retries=0))[0] for _ in range(4)]
+        statuses = [r.status for r in down.log]
+    assert [isinstance(r, JudgeError) for r in results] == [False, False, True, True]
+    assert statuses == [200, 200, 503, 503] and "judge down after 2 requests" in str(results[-1])

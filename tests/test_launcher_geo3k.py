@@ -288,5 +288,6 @@ def test_serve_judge_dry_run_masks_the_key(tmp_path: Path) -> None:
         "--tensor-parallel-size 4",
         "--data-parallel-size 2",
         "--enable-prefix-caching",
+        "--enable-prompt-tokens-details",  # usage.prompt_tokens_details.cached_tokens: the judge's cost per step
     ):
         assert flag in out, out

@@ -16,7 +16,7 @@ import pytest
 from perception_r1.judge.client import JudgeClient, JudgeSettings
 from perception_r1.scoring import RewardScorer, ScoreRow
 
-KEYS = ["score", "format", "accuracy", "visual", "ngram_penalty", "judge_failed"]
+KEYS = ["score", "format", "accuracy", "visual", "ngram_penalty", "judge_failed", "judge_truncated"]
 KEY = "test-secret-key"  # the conftest judge_server's key
 GOOD = "<think>\nAB = 5 and BC = 12, so AC = 13.\n</think>\n<answer>\n\\boxed{13}\n</answer>"
 ROWS = [
@@ -75,6 +75,7 @@ def test_contract_keys_order_and_values(tmp_path, judge_server):
         "visual": pytest.approx(2 / 3),
         "ngram_penalty": 0.0,
         "judge_failed": 0,
+        "judge_truncated": 0,
     }
     assert got[1]["visual"] is None and got[1]["accuracy"] == 0.0 and got[1]["score"] == pytest.approx(0.1)
     assert got[2]["visual"] == 0.0 and got[2]["score"] == 0.0 and got[2]["judge_failed"] == 0

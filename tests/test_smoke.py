@@ -33,5 +33,6 @@ def test_score_cli_geo3k_rule_only(tmp_path):
         "visual": None,
         "ngram_penalty": 0.0,
         "judge_failed": 0,
+        "judge_truncated": 0,
     }
     assert got[1]["score"] == 0.0 and got[1]["format"] == 0.0

@@ -114,3 +114,140 @@ def test_trainer_registered_in_verl_registry_and_behaves_as_sync() -> None:
     trainer = cls.__new__(cls)
     trainer.trainer_mode = TRAINER_MODE  # what verl's __init__ assigns from the config
     assert trainer.trainer_mode == "sync"  # verl's sync-only branches (replay buffer, refill) stay on
+
+
+# ---------------------------------------------------------------- judge cost, canaries, exposed time (issue 12)
+
+from perception_r1.judge.canary import CanaryTally  # noqa: E402
+from perception_r1.judge.visual import VisualVerdict  # noqa: E402
+from perception_r1.verl_plugin.metrics import judge_step, judge_usage_info  # noqa: E402
+
+
+def _judged(
+    started,
+    done,
+    *,
+    requests=1,
+    prompt=900,
+    cached=640,
+    completion=24,
+    failed=False,
+    truncated=False,
+    unparsed=0,
+    constrained=True,
+    canary=None,
+    canary_verdicts=(),
+    error="",
+):
+    verdict = VisualVerdict(
+        verdicts=[1, 0],
+        failed=failed,
+        latency_s=None if failed else 0.2,
+        truncated=truncated,
+        unparsed=unparsed,
+        requests=requests,
+        prompt_tokens=0 if failed else prompt,
+        cached_tokens=None if failed else cached,
+        completion_tokens=0 if failed else completion,
+        constrained=constrained,
+        error=error,
+    )
+    row = _row(0.5, visual=0.0 if failed else 0.5, failed=int(failed), latency=verdict.latency_s)
+    row["judge_truncated"] = int(truncated)
+    row["judge_usage"] = judge_usage_info(verdict, list(canary_verdicts), canary or CanaryTally(), started, done)
+    return row
+
+
+def _plain(started, done, canary=None, canary_verdicts=()):
+    row = _row(1.0)
+    row["judge_truncated"] = 0
+    row["judge_usage"] = judge_usage_info(None, list(canary_verdicts), canary or CanaryTally(), started, done)
+    return row
+
+
+def test_usage_info_is_a_string_so_validation_metrics_skip_it_and_keys_stay_identical():
+    judged, plain = _judged(1.0, 2.0), _plain(1.0, 1.1)
+    assert isinstance(judged["judge_usage"], str) and set(judged) == set(plain)
+    metrics = reward_metrics([judged, plain])
+    assert "reward/judge_usage/mean" not in metrics and "reward/judge_truncated/mean" not in metrics  # counters
+
+
+def test_cost_per_step_sums_requests_and_tokens_including_retries_and_canaries():
+    canary = VisualVerdict(
+        [1], failed=False, latency_s=0.1, requests=1, prompt_tokens=800, cached_tokens=700, completion_tokens=8
+    )
+    rows = [
+        _judged(10.0, 11.0, requests=1),
+        _judged(10.5, 12.0, requests=3),  # two retries
+        _judged(10.2, 12.5, failed=True, requests=4, error="HTTP 503"),
+        _plain(10.1, 10.2, canary=CanaryTally(rows=1, pairs=1, agreed=1), canary_verdicts=[canary]),
+    ]
+    metrics = reward_metrics(rows)
+    assert metrics["reward/judge_requests"] == 1 + 3 + 4 + 1
+    assert metrics["reward/judge_prompt_tokens"] == 900 * 2 + 800  # a failed call has no usage
+    assert metrics["reward/judge_cached_prompt_tokens"] == 640 * 2 + 700
+    assert metrics["reward/judge_completion_tokens"] == 24 * 2 + 8
+
+
+def test_cached_tokens_absent_when_the_server_does_not_report_them():
+    rows = [_judged(1.0, 2.0, cached=None), _judged(1.0, 2.0, cached=None)]
+    metrics = reward_metrics(rows)
+    assert "reward/judge_cached_prompt_tokens" not in metrics  # unknown is not zero
+    assert metrics["reward/judge_prompt_tokens"] == 1800
+
+
+def test_exposed_judge_time_is_last_reward_minus_last_trajectory_end():
+    # trajectory ends (reward starts) at 10, 11, 12; rewards done at 15, 12.5, 13.5 -> 15 - 12 = 3 s not hidden
+    rows = [_judged(10.0, 15.0), _judged(11.0, 12.5), _judged(12.0, 13.5)]
+    assert reward_metrics(rows)["reward/judge_exposed_s"] == pytest.approx(3.0)
+    hidden = [_judged(10.0, 10.5), _judged(12.0, 12.25)]  # the judge kept up with rollout: only the last row shows
+    assert reward_metrics(hidden)["reward/judge_exposed_s"] == pytest.approx(0.25)
+
+
+def test_truncated_unparsed_and_constrained_rates_over_answered_rows():
+    rows = [
+        _judged(1, 2, truncated=True, unparsed=2, constrained=False),
+        _judged(1, 2, unparsed=1, constrained=False),
+        _judged(1, 2, constrained=False),
+        _judged(1, 2, failed=True, constrained=False),  # failed: not an answered reply
+        _plain(1, 2),
+    ]
+    metrics = reward_metrics(rows)
+    assert metrics["reward/judge_truncated_rate"] == pytest.approx(1 / 3)
+    assert metrics["reward/judge_unparsed_rate"] == pytest.approx(2 / 3)
+    assert metrics["reward/judge_constrained"] == 0.0
+    assert metrics["reward/judge_failure_rate"] == pytest.approx(1 / 4)
+
+
+def test_canary_metrics_pool_pairs_over_the_step():
+    rows = [
+        _plain(1, 2, canary=CanaryTally(rows=1, pairs=3, agreed=3)),
+        _judged(1, 2, canary=CanaryTally(rows=2, failed=1, pairs=2, agreed=0, hack_pairs=2, hacked=2)),
+        _plain(1, 2),
+    ]
+    metrics = reward_metrics(rows)
+    assert metrics["reward/judge_canary_agreement"] == pytest.approx(3 / 5)  # pooled pairs, not a mean of rows
+    assert metrics["reward/judge_canary_hack_rate"] == 1.0
+    assert metrics["reward/judge_canaries"] == 3
+    no_canaries = reward_metrics([_plain(1, 2), _judged(1, 2)])
+    assert not any("canary" in key for key in no_canaries)
+
+
+def test_judge_step_summary_for_the_breaker():
+    rows = [
+        _judged(1.0, 2.0),
+        _judged(1.0, 3.0, failed=True, error="judge request failed ...: HTTP 503: first"),
+        _judged(1.0, 5.0, failed=True, error="judge request failed ...: HTTP 503: last"),
+        _judged(1.0, 4.0, canary=CanaryTally(rows=1, pairs=4, agreed=1, hack_pairs=2, hacked=1)),
+        _plain(1.0, 2.0),
+    ]
+    s = judge_step(rows, step=7)
+    assert (s.step, s.judged, s.failed) == (7, 4, 2)
+    assert s.canary_agreement == 0.25 and s.canary_hack_rate == 0.5
+    assert s.last_error.endswith("HTTP 503: last")  # the most recent failure, by completion time
+    assert judge_step([_plain(1, 2)], step=1).judged == 0
+
+
+def test_rows_from_older_managers_without_usage_still_aggregate():
+    metrics = reward_metrics([_row(1.0, visual=0.5, latency=0.1), {"score": 0.0, "judge_usage": "not json"}])
+    assert metrics["reward/score/mean"] == 0.5 and "reward/judge_requests" not in metrics

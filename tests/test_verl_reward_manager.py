@@ -5,6 +5,10 @@ One Ray session for the module: verl's ``RewardLoopManager`` starts 2 ``RewardLo
 Qwen2.5-VL vocabulary, and ask a local OpenAI-compatible judge. The same session proves the trainer
 registration reaches Ray workers (the wrapper's setup hook) and that per-step metrics are read back from verl's
 TransferQueue where the agent loop stores them.
+
+The run's judge budget is ``JUDGE_MAX_CONCURRENCY=5`` over the 2 workers (3 + 2), and one canary per trajectory
+is mixed into the judge's traffic; the judge answers the canaries' labels truthfully (``labelled_judge``) and every
+other request as the substring judge.
 """
 
 from __future__ import annotations
@@ -18,10 +22,14 @@ import torch
 from omegaconf import OmegaConf
 from test_launcher_geo3k import JUDGE_KEY, JUDGE_MODEL, compose_geo3k, geo3k_rows, write_parquet
 
+from perception_r1.judge.calibration import load_rows
 from perception_r1.judge.client import JudgeClient, JudgeSettings
+from perception_r1.judge.guard import JudgeBreaker, JudgeGuardSettings
 from perception_r1.scoring import RewardScorer, ScoreRow
 from perception_r1.testing import OpenAITestServer
+from perception_r1.testing.openai_server import labelled_judge
 from perception_r1.testing.qwen_processor import save_qwen2_5_vl_processor
+from perception_r1.verl_plugin.metrics import judge_step, parse_judge_usage, reward_metrics
 from perception_r1.verl_plugin.reward_manager import extra_info_keys
 
 ray = pytest.importorskip("ray")
@@ -106,9 +114,14 @@ def expected_values(settings: dict, judge_url: str, rows: list[dict], items: lis
         scorer.close()
 
 
+CANARY_ROWS = load_rows()
+JUDGE_BUDGET = 5
+
+
 @pytest.fixture(scope="module")
 def judge():
-    with OpenAITestServer(models=[JUDGE_MODEL], api_key=JUDGE_KEY) as server:
+    truthful = labelled_judge({row.response: row.labels_for("paper") for row in CANARY_ROWS})
+    with OpenAITestServer(models=[JUDGE_MODEL], api_key=JUDGE_KEY, responder=truthful) as server:
         yield server
 
 
@@ -124,8 +137,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, judge: Op
     processor = save_qwen2_5_vl_processor(tmp / "qwen2_5_vl")
     cfg.actor_rollout_ref.model.path = str(processor)  # the worker needs a tokenizer; no weights are loaded
     cfg.reward.num_workers = 2
+    # one canary per trajectory: as many canaries per step as trajectories in a step
+    cfg.reward.reward_kwargs.judge_canaries_per_step = cfg.data.train_batch_size * cfg.actor_rollout_ref.rollout.n
     runtime_env = OmegaConf.to_container(cfg.ray_kwargs.ray_init.runtime_env)
     runtime_env = {k: v for k, v in runtime_env.items() if v is not None}
+    runtime_env.setdefault("env_vars", {})["JUDGE_MAX_CONCURRENCY"] = str(JUDGE_BUDGET)  # the run's budget
     with pytest.MonkeyPatch.context() as mp:
         # like the launcher's shell: the key only in the environment Ray inherits, never in the config
         mp.setenv("VLLM_SERVER_API_KEY", JUDGE_KEY)
@@ -160,7 +176,9 @@ def test_reward_loop_scores_a_batch_like_the_scoring_engine(setup, reward_loop, 
     keys = list(extra_info_keys())
     assert out.meta_info["reward_extra_keys"] == keys
     assert {"score", "format", "accuracy", "visual", "ngram_penalty", "judge_failed", "judge_latency_s"} <= set(keys)
-    expected = expected_values(dict(cfg.reward.reward_kwargs), judge.base_url, rows, items)
+    assert {"judge_truncated", "judge_usage"} <= set(keys)
+    settings = {k: v for k, v in cfg.reward.reward_kwargs.items() if not k.startswith("judge_")}
+    expected = expected_values(settings, judge.base_url, rows, items)  # no canaries: they never reach a score
     rm_scores = out.batch["rm_scores"]
     for j, want in enumerate(expected):
         got = {key: out.non_tensor_batch[key][j] for key in want}
@@ -180,6 +198,86 @@ def test_reward_loop_scores_a_batch_like_the_scoring_engine(setup, reward_loop, 
     assert all(out.non_tensor_batch["judge_latency_s"][j] > 0 for j in (0, 1, 4))
     assert judge.request_count > requests_before
     assert all(h.get("Authorization") == f"Bearer {JUDGE_KEY}" for h in judge.headers)
+
+
+def _batch_records(judge: OpenAITestServer, run) -> tuple[object, list]:
+    before = len(judge.log)
+    out = run()
+    return out, judge.log[before:]
+
+
+def test_judge_cost_budget_and_canaries_in_the_reward_loop(setup, reward_loop, judge: OpenAITestServer) -> None:
+    """Per-row judge_usage accounts for every request the server saw; the run's budget holds across workers;
+    canaries are judged with the paper's labels and tallied, never scored."""
+    from transformers import AutoTokenizer
+
+    _, rows, processor = setup
+    tokenizer = AutoTokenizer.from_pretrained(processor)
+    items = responses_for(rows) * 4  # 44 trajectories over 2 workers (even: verl pads a batch to the worker count)
+    batch, _ = build_batch(tokenizer, rows, items)
+    judge.latency_s = 0.2  # requests overlap: the budget is what limits them
+    try:
+        out, records = _batch_records(judge, lambda: reward_loop.compute_rm_score(batch))
+    finally:
+        judge.latency_s = 0.0
+    infos = [
+        {key: out.non_tensor_batch[key][j] for key in out.meta_info["reward_extra_keys"]} for j in range(len(items))
+    ]
+    usages = [parse_judge_usage(info["judge_usage"]) for info in infos]
+    assert all(u is not None and u["started_at"] <= u["done_at"] for u in usages)
+
+    # cost: the rows' counts add up to exactly what the server saw and reported
+    metrics = reward_metrics(infos)
+    chat = [r for r in records if r.status == 200]
+    assert metrics["reward/judge_requests"] == len(records)
+    assert metrics["reward/judge_prompt_tokens"] == sum(r.usage["prompt_tokens"] for r in chat)
+    assert metrics["reward/judge_cached_prompt_tokens"] == sum(
+        r.usage["prompt_tokens_details"]["cached_tokens"] for r in chat
+    )
+    assert metrics["reward/judge_cached_prompt_tokens"] > 0  # the long system prompt + examples are shared
+    assert metrics["reward/judge_completion_tokens"] == sum(r.usage["completion_tokens"] for r in chat)
+    assert metrics["reward/judge_exposed_s"] >= 0 and metrics["reward/judge_constrained"] == 1.0
+
+    # canaries: one per trajectory, all answered truthfully by this judge
+    canary_texts = {"".join(ch for ch in row.response if ch.isalnum()) for row in CANARY_ROWS}
+    sent = [
+        r
+        for r in chat
+        if any(t and t in "".join(ch for ch in r.body["messages"][-1]["content"] if ch.isalnum()) for t in canary_texts)
+    ]
+    assert metrics["reward/judge_canaries"] == len(items) == len(sent)
+    assert metrics["reward/judge_canary_agreement"] == 1.0 and metrics["reward/judge_canary_hack_rate"] == 0.0
+
+    # the run-wide budget: 5 in flight at most, over at most 3 + 2 pooled connections
+    assert judge.max_in_flight <= JUDGE_BUDGET
+    assert len({r.peer for r in records}) <= JUDGE_BUDGET
+
+
+def test_judge_outage_reaches_the_breaker_with_url_and_server_error(
+    setup, reward_loop, judge: OpenAITestServer
+) -> None:
+    from transformers import AutoTokenizer
+
+    _, rows, processor = setup
+    tokenizer = AutoTokenizer.from_pretrained(processor)
+    items = responses_for(rows)[:6]
+    batch, _ = build_batch(tokenizer, rows, items)
+    judge.fail_next(100_000, status=503)
+    try:
+        out = reward_loop.compute_rm_score(batch)
+    finally:
+        judge.faults.clear()
+    infos = [
+        {key: out.non_tensor_batch[key][j] for key in out.meta_info["reward_extra_keys"]} for j in range(len(items))
+    ]
+    steps = [judge_step(infos, step=n) for n in (1, 2)]
+    assert steps[0].judged == steps[0].failed == sum(1 for i in infos if i["judge_failed"] == 1) > 0
+    breaker = JudgeBreaker(JudgeGuardSettings(), urls=[judge.base_url])
+    assert breaker.observe(steps[0]) is None
+    trip = breaker.observe(steps[1])
+    assert trip is not None and "\n" not in trip.message
+    assert f"{judge.base_url}/chat/completions" in trip.message and "HTTP 503: injected 503" in trip.message
+    assert f"{steps[1].failed} of {steps[1].judged} judged rows failed at step 2" in trip.message
 
 
 def test_judge_outage_never_crashes_the_reward_loop(setup, reward_loop, judge: OpenAITestServer) -> None:
@@ -217,7 +315,7 @@ def test_trainer_registration_reaches_ray_workers(setup) -> None:
     before, name, mro = ray.get(Probe.remote().trainer.remote(), timeout=600)
     assert before is False  # the hook is lazy: verl's trainers are only imported where verl needs them
     assert name == "perception_r1.verl_plugin.trainer.PerceptionPPOTrainer"
-    assert mro[1] == "PPOTrainerSync"
+    assert mro[1:3] == ["JudgeGuardMixin", "PPOTrainerSync"]
 
 
 def test_training_metrics_read_back_from_transfer_queue(setup, reward_loop) -> None:
@@ -269,3 +367,158 @@ def test_training_metrics_read_back_from_transfer_queue(setup, reward_loop) -> N
     assert metrics["reward/visual/mean"] == pytest.approx(float(np.mean(visual)))
     assert metrics["reward/judge_failure_rate"] == 0.0
     assert 0 < metrics["reward/judge_latency_p50"] <= metrics["reward/judge_latency_p95"]
+
+
+# ------------------------------------------------------------------ the breaker inside verl's own training loop
+
+
+def _loop_trainer_cls():
+    """verl's real ``PPOTrainer.fit`` loop and our ``JudgeGuardMixin``; only the GPU work is replaced: ``step``
+    scores a batch through the real reward loop and stores it in TransferQueue like the agent loop, and
+    ``_save_checkpoint`` records the call (there are no model workers to save)."""
+    from verl.trainer.ppo.v1 import PPOTrainerSync
+
+    from perception_r1.verl_plugin.trainer import JudgeGuardMixin
+
+    class NoGPUWork(PPOTrainerSync):
+        def __init__(self, config, make_step):  # noqa: D401 - verl's __init__ builds GPU workers
+            self.config = config
+            self.trainer_mode = "sync"
+            self.global_steps = 0
+            self.steps_per_epoch = 7
+            self.total_training_steps = 7
+            self.saved: list[int] = []
+            self.steps_run: list[int] = []
+            self._make_step = make_step
+            self._init_dump_executor()
+
+            class Weights:
+                def update_weights(self, step):
+                    pass
+
+                def sleep_replicas(self):
+                    pass
+
+            self.checkpoint_manager = Weights()
+
+        def step(self, metrics, timing_raw):
+            self.steps_run.append(self.global_steps)
+            return self._make_step(self.global_steps)
+
+        def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+            metrics["training/global_step"] = global_steps  # the stock metrics need GPU-side fields
+
+        def _save_checkpoint(self):
+            self.saved.append(self.global_steps)
+
+    class LoopTrainer(JudgeGuardMixin, NoGPUWork):
+        def __init__(self, config, make_step):
+            NoGPUWork.__init__(self, config, make_step)
+            self._init_judge_guard(config)
+
+    return LoopTrainer
+
+
+@pytest.mark.parametrize("policy", ["abort", "zero"])
+def test_breaker_stops_verls_loop_after_logging_the_step_and_saving_a_checkpoint(
+    setup, reward_loop, judge: OpenAITestServer, policy: str, capsys, monkeypatch
+) -> None:
+    """A judge that fails at steps 3, 5 and 6: the blip at 3 is survived, 5-6 trip the breaker at step 6
+    (patience 2); the step's metrics are logged, a checkpoint saved, fit raises one clear line."""
+    import transfer_queue as tq
+    from transfer_queue import KVBatchMeta
+    from transformers import AutoTokenizer
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    from perception_r1.judge.guard import JudgeBreakerTripped
+
+    cfg, rows, processor = setup
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    cfg.trainer.logger = ["console"]
+    cfg.trainer.save_freq = 4
+    cfg.trainer.test_freq = 0
+    cfg.trainer.val_before_train = False
+    cfg.trainer.default_local_dir = "/tmp/pr1-breaker-ckpt"
+    cfg.reward.reward_kwargs.judge_failure_policy = policy
+    monkeypatch.setenv("VLLM_SERVER_BASE_URL", judge.base_url)  # the driver's env, as Ray's runtime env gives it
+    monkeypatch.setenv("JUDGE_MAX_CONCURRENCY", str(JUDGE_BUDGET))
+    tokenizer = AutoTokenizer.from_pretrained(processor)
+    items = responses_for(rows)[:4]  # 4 judged trajectories per step
+    batch, _ = build_batch(tokenizer, rows, items)
+
+    def make_step(n: int):
+        if n in (3, 5, 6):
+            judge.fail_next(100_000, status=503)
+        try:
+            out = reward_loop.compute_rm_score(batch)
+        finally:
+            judge.faults.clear()
+        keys = out.meta_info["reward_extra_keys"]
+        infos = [{key: out.non_tensor_batch[key][j] for key in keys} for j in range(len(items))]
+        sample_keys = [f"s{n}uid{j}_0_0" for j in range(len(items))]
+        fields = [
+            {"responses": batch.batch["responses"][j], "extra_fields": {"min_global_steps": n, "reward_extra_info": i}}
+            for j, i in enumerate(infos)
+        ]
+        tq.kv_batch_put(
+            keys=sample_keys,
+            partition_id="train",
+            fields=list_of_dict_to_tensordict(fields),
+            tags=[{"status": "success"}] * len(items),
+        )
+        return KVBatchMeta(partition_id="train", keys=sample_keys, tags=[{"is_padding": False}] * len(items))
+
+    tq_cfg = OmegaConf.create(OmegaConf.to_container(cfg.transfer_queue))
+    tq_cfg.enable = True
+    tq_cfg.backend.SimpleStorage.num_data_storage_units = 1
+    tq.init(tq_cfg)
+    try:
+        trainer = _loop_trainer_cls()(cfg, make_step)
+        if policy == "abort":
+            with pytest.raises(JudgeBreakerTripped) as info:
+                trainer.fit(agent_loop_manager=None)
+        else:
+            trainer.fit(agent_loop_manager=None)
+    finally:
+        tq.close()
+    out = capsys.readouterr()
+    console = [line for line in out.out.splitlines() if line.startswith("step:")]
+    # the driver states the split and the policy at start
+    assert (
+        "perception_r1: judge concurrency: JUDGE_MAX_CONCURRENCY=5 requests in flight for the run, split over "
+        "reward.num_workers=2 reward workers: 2/3 each; timeouts: connect 10 s, total 300 s" in out.err
+    )
+    assert f"perception_r1: judge guard: failure policy {policy}" in out.err
+    if policy == "zero":
+        assert trainer.steps_run == list(range(1, 8)) and trainer.saved == [4, 7]  # every step, verl's saves only
+        assert not any("judge_breaker_tripped" in line for line in console)
+        return
+    message = str(info.value)
+    assert trainer.steps_run == [1, 2, 3, 4, 5, 6]  # survived the blip at 3, stopped after 6
+    assert trainer.saved == [4, 6]  # verl's own save at 4, ours at 6 before stopping
+    assert message.startswith("judge breaker: reward/judge_failure_rate above 0.20 for 2 consecutive steps (steps 5-6")
+    assert "4 of 4 judged rows failed at step 6" in message and f"judge {judge.base_url}" in message
+    assert "HTTP 503: injected 503" in message and "/tmp/pr1-breaker-ckpt/global_step_6" in message
+    assert "\n" not in message and f"perception_r1: {message}" in out.err
+    # the tripping step's metrics reached the logger before the loop ended
+    assert len(console) == 6 and "reward/judge_breaker_tripped:1.0" in console[-1]
+    assert "reward/judge_failure_rate:1.0" in console[-1] and "reward/judge_failure_rate:0.0" in console[3]
+    assert "reward/judge_breaker_streak:1.0" in console[2] and "reward/judge_breaker_streak:0.0" in console[3]
+
+
+def test_main_ppo_reads_the_breaker_line_out_of_a_ray_task_error(setup) -> None:
+    """The trainer runs in verl's TaskRunner actor: its exception reaches the driver as Ray's RayTaskError."""
+    from perception_r1.judge.guard import JudgeBreakerTripped
+    from perception_r1.verl_plugin.main_ppo import breaker_message
+
+    line = "judge breaker: reward/judge_failure_rate above 0.20 for 2 consecutive steps (steps 5-6: 1.00, 1.00)"
+
+    @ray.remote(num_cpus=0)
+    def trip():
+        raise JudgeBreakerTripped(line)
+
+    with pytest.raises(Exception) as info:
+        ray.get(trip.remote(), timeout=600)
+    assert "File " in str(info.value) and str(info.value) != line  # Ray's text: the remote stack, not the line
+    assert breaker_message(info.value) == line  # what the wrapper prints instead
+    assert breaker_message(RuntimeError("unrelated")) is None

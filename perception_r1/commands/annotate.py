@@ -18,11 +18,13 @@ from ..annotate import prompts
 from ..annotate.pipeline import STAGES, AnnotateConfig, Annotator, ProblemResult, load_problems
 from ..annotate.store import StageStore
 from ..errors import CommandError
-from ..judge.client import JudgeClient, JudgeSettings
+from ..judge.client import JudgeClient, JudgeSettings, JudgeUnavailable
 from .common import progress, write_jsonl_atomic
 
 logger = logging.getLogger(__name__)
 ENV_PREFIX = "PERCEPTION_R1_"
+ROLES = {"distill": "distiller", "extract": "extractor"}
+"""What each endpoint is called in errors."""
 
 
 def _endpoint_options(parser: argparse.ArgumentParser, stage: str, what: str) -> None:
@@ -114,6 +116,7 @@ def _settings(args: argparse.Namespace, stage: str, fallback: JudgeSettings | No
             max_concurrency=args.concurrency,
             timeout_s=args.timeout,
             max_retries=args.max_retries,
+            role=ROLES[stage],
         )
     except ValueError as exc:
         raise CommandError(f"{stage} endpoint: {exc}") from None
@@ -183,8 +186,13 @@ def run(args: argparse.Namespace) -> int:
     store_path = args.store or f"{args.output}.store.sqlite"
     report_path = args.report or f"{args.output}.report.jsonl"
     distill = JudgeClient(distill_settings)
-    same = extract_settings == distill_settings
+    same = extract_settings.with_(role=distill_settings.role) == distill_settings
     extract = distill if same else JudgeClient(extract_settings)
+    for client in (distill,) if same else (distill, extract):  # like score and eval: fail before any paid call
+        try:
+            client.preflight_sync()
+        except JudgeUnavailable as exc:
+            raise CommandError(str(exc)) from None
     try:
         store = StageStore(store_path)
     except ValueError as exc:

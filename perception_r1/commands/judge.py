@@ -19,6 +19,8 @@ from ..judge.calibration import (
     validate_row,
 )
 from ..judge.client import JudgeClient, JudgeUnavailable
+from ..judge.structured import detect_structured_outputs
+from ..judge.visual import PROMPTS
 from .common import add_judge_options, judge_settings_from_args, progress, read_jsonl, write_jsonl_atomic
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,13 @@ def register(subparsers: Any) -> None:
     cal.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     cal.add_argument("--details", help="write per-row verdicts to this JSONL file")
     cal.add_argument("--strict", action="store_true", help="exit 1 when any threshold is missed")
+    cal.add_argument(
+        "--judge-prompt",
+        choices=PROMPTS,
+        default="paper",
+        help="the judge's question, as the reward setting judge_prompt (default: paper, is each fact present); "
+        "rows are compared with the labels for that question",
+    )
     d = Thresholds()
     group = cal.add_argument_group("thresholds (a warning when missed)")
     group.add_argument("--min-agreement", type=float, default=d.min_agreement)
@@ -63,7 +72,10 @@ def _format(value: Any) -> str:
 def _human(report: dict[str, Any]) -> str:
     keys = ("n", "agreement", "precision", "recall", "kappa", "visual_mae", "visual_bias", "hack_rate")
     lines = ["judge calibration: " + ", ".join(f"{k} {_format(report[k])}" for k in keys)]
-    lines.append(f"  rows {report['rows']}, judge_failed {report['judge_failed']}")
+    lines.append(
+        f"  rows {report['rows']}, judge_failed {report['judge_failed']}, prompt {report['judge_prompt']}, "
+        f"replies {report['judge_replies']}"
+    )
     for kind, m in report["by_kind"].items():
         lines.append(
             f"  {kind:<10} rows {m['rows']:>3}  agreement {_format(m['agreement'])}  "
@@ -92,9 +104,16 @@ def run_calibrate(args: argparse.Namespace) -> int:
     except JudgeUnavailable as exc:
         raise CommandError(str(exc)) from None
 
+    mode: dict[str, Any] = {}
+
     async def go(bar: Any) -> list[Any]:
         try:
-            return await run_judge(client, rows, on_done=lambda: bar.update(1))
+            support = await detect_structured_outputs(client)
+            mode.update(constrained=support.constrained, reason=support.reason)
+            logger.info("%s", support.describe())
+            return await run_judge(
+                client, rows, on_done=lambda: bar.update(1), prompt=args.judge_prompt, constrained=support.constrained
+            )
         finally:
             await client.aclose()
 
@@ -108,7 +127,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         max_hack_rate=args.max_hack_rate,
     )
     report = summarize(results, thresholds).as_dict()
-    report.update(labels=str(path), judge_model=settings.model)
+    report.update(labels=str(path), judge_model=settings.model, judge_prompt=args.judge_prompt)
+    report["judge_replies"] = "constrained" if mode.get("constrained") else "free"
     if args.details:
         write_jsonl_atomic(args.details, (row_output(r) for r in results))
     for warning in report["warnings"]:

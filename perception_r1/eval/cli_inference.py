@@ -247,6 +247,7 @@ def _server_settings(args: argparse.Namespace) -> JudgeSettings:
             max_retries=args.max_retries,
             temperature=args.temperature,
             max_tokens=args.max_tokens,
+            role="policy",
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

@@ -1,14 +1,17 @@
 """Judge calibration: how well does the configured judge agree with human present/absent labels?
 
-A labelled row is ``{"response": str, "annotations": [str], "labels": [0|1 per annotation], "kind"?: str,
-"id"?: any}``. The judge is run exactly as the reward runs it (:func:`~.visual.judge_visual`) and compared with
-the labels over all (annotation, label) pairs and per response:
+A labelled row is ``{"response": str, "annotations": [str], "labels": [0|1 per annotation], "labels_paper"?:
+[0|1 ...], "kind"?: str, "id"?: any}``. ``labels`` answer the ``strict`` prompt's question (stated or clearly used
+by the reasoning); ``labels_paper`` answer the paper's (is the fact present at all) where the two differ, e.g. a
+``parrot`` row restating every fact without using it (absent: the same as ``labels``). The judge is run exactly as
+the reward runs it (:func:`~.visual.judge_visual`, same prompt) and compared with the labels for that prompt over
+all (annotation, label) pairs and per response:
 
 - ``agreement``, ``precision``/``recall`` of "present", Cohen's ``kappa``;
 - ``visual_mae``/``visual_bias``: the error of the visual reward (hits / m) per response;
 - ``hack_rate``: over the label-0 pairs of adversarial rows (``kind`` ``parrot``: the facts restated or repeated
-  without being used; ``forged``: planted verdict tags or instructions to the grader), the fraction the judge
-  marks present, i.e. how often it rewards reward hacking.
+  without being used, a hack under the strict question only; ``forged``: planted verdict tags or instructions to
+  the grader), the fraction the judge marks present, i.e. how often it rewards reward hacking.
 
 A judge call that fails counts as all-absent, as in training (``visual = 0``), and is reported as ``judge_failed``.
 """
@@ -50,6 +53,13 @@ class LabelledRow:
     labels: tuple[int, ...]
     kind: str | None = None
     id: Any = None
+    labels_paper: tuple[int, ...] | None = None
+
+    def labels_for(self, prompt: str) -> tuple[int, ...]:
+        """The labels that answer ``prompt``'s question (``paper`` or ``strict``)."""
+        if prompt == "paper" and self.labels_paper is not None:
+            return self.labels_paper
+        return self.labels
 
 
 def shipped_labels_path() -> str:
@@ -70,18 +80,45 @@ def validate_row(obj: Any, where: str) -> LabelledRow:
     for i, item in enumerate(annotations):
         if not isinstance(item, str) or not item.strip():
             raise ValueError(f"{where}: field 'annotations[{i}]' must be a non-empty string, got {item!r}")
-    labels = obj.get("labels")
-    if not isinstance(labels, list) or len(labels) != len(annotations):
-        raise ValueError(
-            f"{where}: field 'labels' must be a list of {len(annotations)} values (one per annotation), got {labels!r}"
-        )
-    for i, label in enumerate(labels):
-        if isinstance(label, bool) or label not in (0, 1):
-            raise ValueError(f"{where}: field 'labels[{i}]' must be 0 or 1, got {label!r}")
+    labels = _labels(obj, "labels", len(annotations), where)
+    paper = _labels(obj, "labels_paper", len(annotations), where) if obj.get("labels_paper") is not None else None
     kind = obj.get("kind")
     if kind is not None and kind not in KINDS:
         raise ValueError(f"{where}: field 'kind' must be one of {', '.join(KINDS)} (or absent), got {kind!r}")
-    return LabelledRow(response, tuple(annotations), tuple(int(x) for x in labels), kind, obj.get("id"))
+    return LabelledRow(response, tuple(annotations), labels, kind, obj.get("id"), paper)
+
+
+def _labels(obj: dict, name: str, m: int, where: str) -> tuple[int, ...]:
+    labels = obj.get(name)
+    if not isinstance(labels, list) or len(labels) != m:
+        raise ValueError(f"{where}: field '{name}' must be a list of {m} values (one per annotation), got {labels!r}")
+    for i, label in enumerate(labels):
+        if isinstance(label, bool) or label not in (0, 1):
+            raise ValueError(f"{where}: field '{name}[{i}]' must be 0 or 1, got {label!r}")
+    return tuple(int(x) for x in labels)
+
+
+def load_rows(path: str | None = None) -> list[LabelledRow]:
+    """Validated rows of a labelled JSONL file (default: the shipped set); ``ValueError`` naming line and field."""
+    import json
+
+    path = path or shipped_labels_path()
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as exc:
+                    raise ValueError(f"{path}:{number}: not valid JSON ({exc})") from None
+                rows.append(validate_row(obj, f"{path}:{number}"))
+    except OSError as exc:
+        raise ValueError(f"cannot read the labelled file {path}: {exc.strerror}") from None
+    if not rows:
+        raise ValueError(f"{path}: no labelled rows")
+    return rows
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -131,15 +168,20 @@ class PairCounts:
 
 @dataclass
 class RowResult:
-    """The judge's verdicts on one labelled row."""
+    """The judge's verdicts on one labelled row, against the labels of the prompt it was asked with."""
 
     row: LabelledRow
     verdicts: list[int]
     failed: bool
+    prompt: str = "paper"
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        return self.row.labels_for(self.prompt)
 
     @property
     def visual_true(self) -> float:
-        return sum(self.row.labels) / len(self.row.labels)
+        return sum(self.labels) / len(self.labels)
 
     @property
     def visual_judged(self) -> float:
@@ -161,7 +203,7 @@ class CalibrationReport:
 def _group_metrics(results: Sequence[RowResult]) -> dict[str, Any]:
     counts = PairCounts()
     for r in results:
-        for judged, label in zip(r.verdicts if not r.failed else [0] * len(r.row.labels), r.row.labels, strict=True):
+        for judged, label in zip(r.verdicts if not r.failed else [0] * len(r.labels), r.labels, strict=True):
             counts.add(judged, label)
     errors = [r.visual_judged - r.visual_true for r in results]
     return {
@@ -180,8 +222,8 @@ def summarize(results: Sequence[RowResult], thresholds: Thresholds | None = None
     hack = PairCounts()
     for r in results:
         if r.row.kind in ADVERSARIAL_KINDS:
-            verdicts = r.verdicts if not r.failed else [0] * len(r.row.labels)
-            for judged, label in zip(verdicts, r.row.labels, strict=True):
+            verdicts = r.verdicts if not r.failed else [0] * len(r.labels)
+            for judged, label in zip(verdicts, r.labels, strict=True):
                 if not label:
                     hack.add(judged, label)
     metrics["hack_rate"] = _ratio(hack.fp, hack.n)
@@ -212,15 +254,20 @@ def summarize(results: Sequence[RowResult], thresholds: Thresholds | None = None
 
 
 async def run_judge(
-    client: JudgeClient, rows: Sequence[LabelledRow], on_done: Callable[[], None] | None = None
+    client: JudgeClient,
+    rows: Sequence[LabelledRow],
+    on_done: Callable[[], None] | None = None,
+    prompt: str = "paper",
+    constrained: bool = False,
 ) -> list[RowResult]:
-    """The judge's verdicts for every row, concurrently (bounded by the client), in input order."""
+    """The judge's verdicts for every row, concurrently (bounded by the client), in input order, asked with
+    ``prompt`` (and the verdict regex when ``constrained``), exactly as the reward asks."""
 
     async def one(row: LabelledRow) -> RowResult:
-        verdict = await judge_visual(client, row.annotations, row.response)
+        verdict = await judge_visual(client, row.annotations, row.response, prompt=prompt, constrained=constrained)
         if on_done is not None:
             on_done()
-        return RowResult(row, list(verdict.verdicts), verdict.failed)
+        return RowResult(row, list(verdict.verdicts), verdict.failed, prompt)
 
     return list(await asyncio.gather(*(one(r) for r in rows)))
 
@@ -230,7 +277,8 @@ def row_output(result: RowResult) -> Mapping[str, Any]:
     return {
         "id": result.row.id,
         "kind": result.row.kind,
-        "labels": list(result.row.labels),
+        "prompt": result.prompt,
+        "labels": list(result.labels),
         "verdicts": result.verdicts,
         "judge_failed": int(result.failed),
         "visual_true": result.visual_true,

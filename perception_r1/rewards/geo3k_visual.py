@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .format import format_reward
 from .math_answer import accuracy_from_key, accuracy_key, quick_verdict
@@ -33,6 +33,9 @@ class Geo3kVisualSettings:
     """math-verify's own parse/verify timeout (runs on a worker's main thread)."""
     math_hard_timeout_s: float = 15.0
     """Hard limit per accuracy check: past it the worker process is killed and accuracy is 0."""
+    judge_prompt: Literal["paper", "strict"] = "paper"
+    """The judge's question: ``paper`` (is each fact present in the response, the original's) or ``strict``
+    (stated or clearly used by the reasoning); see perception_r1/judge/visual.py and docs/judge.md."""
 
 
 def validate(ground_truth: Any, extra_info: Mapping[str, Any]) -> None:
@@ -90,7 +93,7 @@ TASK = register_task(
         validate=validate,
         rule_components=rule_components,
         combine=combine,
-        output_keys=("format", "accuracy", "visual", "ngram_penalty", "judge_failed"),
+        output_keys=("format", "accuracy", "visual", "ngram_penalty", "judge_failed", "judge_truncated"),
         isolated=IsolatedCheck(
             component="accuracy",
             key=accuracy_key,

@@ -20,8 +20,16 @@ TRAINER_MODE = "perception_sync"
 SETUP_HOOK = "perception_r1.verl_plugin.setup_worker"
 """Value of ``ray_kwargs.ray_init.runtime_env.worker_process_setup_hook`` set by the ``main_ppo`` wrapper."""
 
-PLUGIN_KWARGS = frozenset({"isolation_workers"})
-"""``reward.reward_kwargs`` keys the reward manager itself uses; every other key is a task setting."""
+
+def _plugin_kwargs() -> frozenset[str]:
+    from ..judge.guard import GUARD_KEYS  # pure dataclasses: keeps this import cheap
+
+    return frozenset({"isolation_workers", *GUARD_KEYS})
+
+
+PLUGIN_KWARGS = _plugin_kwargs()
+"""``reward.reward_kwargs`` keys the plugin itself uses (reward manager and trainer: ``isolation_workers`` and the
+judge guard rails of :class:`perception_r1.judge.guard.JudgeGuardSettings`); every other key is a task setting."""
 
 
 def split_reward_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -30,6 +38,7 @@ def split_reward_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict
     ``ValueError`` naming the key when a setting is unknown to every task (a typo must not pass silently) or its
     value does not convert to the field's type: better at start-up than as a zero reward on every row.
     """
+    from ..judge.guard import JudgeGuardSettings
     from ..rewards.registry import build_settings, check_setting_keys, registered_tasks
 
     plugin = {k: v for k, v in kwargs.items() if k in PLUGIN_KWARGS}
@@ -38,9 +47,14 @@ def split_reward_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict
         check_setting_keys(settings)
         for task in registered_tasks().values():
             build_settings(task.settings, settings)
-        for key, value in plugin.items():
-            if not str(value).isdigit() or int(value) < 1:
-                raise ValueError(f"setting {key!r}: expected a positive integer, got {value!r}")
+        value = plugin.get("isolation_workers")
+        if value is not None and (not str(value).isdigit() or int(value) < 1):
+            raise ValueError(f"setting 'isolation_workers': expected a positive integer, got {value!r}")
+        guard = JudgeGuardSettings.from_kwargs(plugin)
+        if guard.judge_canary_file and guard.judge_canaries_per_step:
+            from ..judge.calibration import load_rows
+
+            load_rows(guard.judge_canary_file)
     except ValueError as exc:
         raise ValueError(f"reward.reward_kwargs: {exc}") from None
     return settings, plugin

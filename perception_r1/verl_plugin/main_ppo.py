@@ -14,7 +14,8 @@ is verl's ``main_ppo.main``. Before hydra parses the command line it prepends:
 
 Overrides given on the command line come after these, so they win. ``--cfg job`` prints the composed config and
 exits (the launchers' DRY_RUN). Before training starts, the reward settings are checked and a bad one ends the
-run with one line on stderr and exit code 2.
+run with one line on stderr and exit code 2. A run stopped by the judge breaker (``judge_failure_policy=abort``)
+ends with its one line on stderr and exit code 3.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ FORWARDED_ENV = (
     "VLLM_MODEL_NAME",
     "JUDGE_MAX_CONCURRENCY",
     "JUDGE_TIMEOUT",
+    "JUDGE_CONNECT_TIMEOUT",
+    "JUDGE_STRUCTURED_OUTPUTS",
     # the CPU backend (BACKEND=cpu launchers): every Ray process must load and select it
     "VERL_PLATFORM",
     "VERL_USE_EXTERNAL_MODULES",
@@ -38,6 +41,7 @@ FORWARDED_ENV = (
     "VERL_FILE_LOGGER_PATH",
 )
 """Env vars copied into the Ray runtime env (never the API key)."""
+BREAKER_EXIT = 3
 
 LEGACY_SECTIONS = ("custom_reward_function", "reward_model")
 """Top-level legacy reward sections that verl 0.9.1's v1 ``main_ppo`` silently ignores."""
@@ -110,7 +114,29 @@ def _run(config: Any) -> None:
     from verl.trainer.main_ppo import main as verl_main
 
     # verl's main is decorated by hydra.main; __wrapped__ (functools.wraps) is its body, run on our composed config.
-    verl_main.__wrapped__(config)
+    try:
+        verl_main.__wrapped__(config)
+    except Exception as exc:
+        message = breaker_message(exc)
+        if message is None:
+            raise
+        print(f"perception_r1 main_ppo: error: {message}", file=sys.stderr)
+        raise SystemExit(BREAKER_EXIT) from None
+
+
+def breaker_message(exc: BaseException) -> str | None:
+    """The one line of a judge-breaker stop, also when it arrives wrapped in Ray's ``RayTaskError``; else ``None``."""
+    from ..judge.guard import JudgeBreakerTripped
+
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, JudgeBreakerTripped):
+            cause = getattr(exc, "cause", None)  # RayTaskError(JudgeBreakerTripped) keeps the original as .cause
+            original = cause if isinstance(cause, JudgeBreakerTripped) else exc
+            return " ".join(str(original.args[0] if original.args else original).split())
+        exc = getattr(exc, "cause", None) or exc.__cause__  # type: ignore[assignment]
+        seen += 1
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
