@@ -208,10 +208,12 @@ def test_preset_paper_pins_each_papers_values():
     ground = build_settings(get_task("refcoco").settings, {"preset": "paper"})
     assert ground.iou_squared and not ground.thinking
     # explicit keys win over the preset
-    assert build_settings(get_task("geo3k_visual").settings, {"preset": "paper", "format_rule": "strict"}).format_rule
-    assert build_settings(
-        get_task("geo3k_visual").settings, {"preset": "paper", "visual_weight": "0.5"}
-    ).visual_weight == 0.5
+    geo_task = get_task("geo3k_visual")
+    assert build_settings(geo_task.settings, {"preset": "paper", "format_rule": "strict"}).format_rule == "strict"
+    assert (
+        build_settings(get_task("geo3k_visual").settings, {"preset": "paper", "visual_weight": "0.5"}).visual_weight
+        == 0.5
+    )
     check_setting_keys({"preset": "paper"})
     with pytest.raises(ValueError, match=r"setting 'preset': unknown preset 'papr'; known presets: \['paper'\]"):
         check_setting_keys({"preset": "papr"})
@@ -268,7 +270,11 @@ def coco_images(shared_data: Path) -> list[dict]:
 def det_answer(boxes, labels, frame="absolute", size=(640, 480), **limits) -> str:
     coords = from_original(np.asarray(boxes, dtype=float).reshape(-1, 4), frame, size, **limits)
     values = coords.round().astype(int).tolist() if frame != "absolute" else coords.tolist()
-    return "```json\n" + json.dumps([{"bbox_2d": b, "label": lab} for b, lab in zip(values, labels, strict=True)]) + "\n```"
+    return (
+        "```json\n"
+        + json.dumps([{"bbox_2d": b, "label": lab} for b, lab in zip(values, labels, strict=True)])
+        + "\n```"
+    )
 
 
 def score_one(data_source, response, ground_truth, extra_info, **overrides) -> dict:

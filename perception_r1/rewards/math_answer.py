@@ -190,6 +190,8 @@ def accuracy_key(response: str, ground_truth: Any, settings: Any) -> Hashable | 
 
 
 def accuracy_from_key(key: Hashable, settings: Any) -> float:
-    """Worker-process entry point: ``verify_answer`` on a memo key from :func:`accuracy_key`."""
-    ground_truth, answer, kind = key  # type: ignore[misc]
+    """Worker-process entry point: ``verify_answer`` on a memo key from :func:`accuracy_key` (a 2-tuple
+    ``(ground_truth, answer)`` is a boxed answer)."""
+    ground_truth, answer, *rest = key  # type: ignore[misc]
+    kind = rest[0] if rest else "boxed"
     return verify_answer(ground_truth, answer, timeout_s=getattr(settings, "math_timeout_s", 5.0), kind=kind)
