@@ -24,7 +24,7 @@ from .isolation import TIMED_OUT, HardTimeoutPool
 from .judge.client import JudgeClient
 from .judge.structured import StructuredSupport, detect_structured_outputs
 from .judge.visual import VisualVerdict, judge_visual
-from .rewards.registry import Task, build_settings, check_setting_keys, get_task, registered_tasks
+from .rewards.registry import Task, build_settings, check_setting_keys, get_task, registered_tasks, validate_row
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +138,10 @@ class RewardScorer:
             self.pool.prewarm(module)
 
     def validate(self, row: ScoreRow) -> Task:
-        """The row's task after checking its ground truth; ``KeyError``/``ValueError`` on bad rows."""
+        """The row's task after checking its ground truth and that it agrees with this run's settings (e.g. the
+        coordinate frame it was built for); ``KeyError``/``ValueError`` on bad rows."""
         task = get_task(row.data_source)
-        task.validate(row.ground_truth, row.extra_info or {})
+        validate_row(task, row.ground_truth, row.extra_info or {}, self.settings_for(task))
         return task
 
     async def _isolated(self, task: Task, settings: Any, row: ScoreRow) -> tuple[float, bool]:

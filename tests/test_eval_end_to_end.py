@@ -243,8 +243,9 @@ def test_perception_benchmarks_through_the_data_builders(
     ocr_parquet, coco_parquet = tmp_path / "ocr.parquet", tmp_path / "coco.parquet"
     assert cli_main(["data", "pageocr", "--input", str(shared_data / "ocr" / "pages.jsonl"),
                      "--output", str(ocr_parquet), "--split", "val"]) == 0  # fmt: skip
+    # the scripted checkpoint answers in original-image pixels: the data records that frame (extra_info.coord_frame)
     assert cli_main(["data", "coco-detection", "--annotations", str(shared_data / "coco" / "instances.json"),
-                     "--output", str(coco_parquet), "--split", "val"]) == 0  # fmt: skip
+                     "--output", str(coco_parquet), "--split", "val", "--coord-frame", "absolute"]) == 0  # fmt: skip
     pages = load_benchmark("pageocr", ocr_parquet)
     images = load_benchmark("coco_detection", coco_parquet)
     page_of, image_of = _by_image(pages), _by_image(images)

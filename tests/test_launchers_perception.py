@@ -35,8 +35,12 @@ MODELS = {
 DET_PIXELS = ("3136", "1003520")
 
 
-def build_perception_data(shared_data: Path, directory: Path) -> dict[str, Path]:
-    """Train parquet for each launcher from the real data (refcoco / pixmo rows from the COCO annotations)."""
+def build_perception_data(shared_data: Path, directory: Path, coord_frame: str | None = None) -> dict[str, Path]:
+    """Train parquet for each launcher from the real data (refcoco / pixmo rows from the COCO annotations).
+
+    ``coord_frame``: build the refcoco / pixmo rows for this frame (``qwen2_5_vl``: with the detection run's pixel
+    limits) instead of their launchers' default ``qwen2_vl``.
+    """
     coco = json.loads((shared_data / "coco" / "instances.json").read_text())
     images = {img["id"]: img for img in coco["images"]}
     cats = {c["id"]: c["name"] for c in coco["categories"]}
@@ -61,6 +65,10 @@ def build_perception_data(shared_data: Path, directory: Path) -> dict[str, Path]
         "coco": ["coco-detection", "--annotations", str(shared_data / "coco" / "instances.json"),
                  "--min-pixels", DET_PIXELS[0], "--max-pixels", DET_PIXELS[1]],
     }  # fmt: skip
+    if coord_frame is not None:
+        limits = ["--min-pixels", DET_PIXELS[0], "--max-pixels", DET_PIXELS[1]] if coord_frame == "qwen2_5_vl" else []
+        for name in ("refcoco", "pixmo"):
+            commands[name] += ["--coord-frame", coord_frame, *limits]
     for name, argv in commands.items():
         assert main(["data", *argv, "--output", str(out[name])]) == 0, name
     return out

@@ -91,7 +91,8 @@ def test_format_reward_hostile_long_input_is_linear():
         ("<answer>\n\\boxed{\\sqrt{\\frac{a}{b}}}\n</answer>", "\\sqrt{\\frac{a}{b}}"),  # nested braces
         ("\\boxed{99}\n<answer>\n13\n</answer>", "13"),  # no box in the block: the block's text
         ("<answer>\n\\boxed{7\n</answer>", "\\boxed{7"),  # unbalanced box: fall back to the block
-        ("The answer is \\boxed{13}.", None),  # no answer block at all
+        ("The answer is \\boxed{13}.", "13"),  # no answer block: the last box of the response (the original's fallback)
+        ("The answer is 13.", None),  # no block, no box: nothing to check
         ("<answer>\n   \n</answer>", None),
         ("", None),
     ],
@@ -210,7 +211,7 @@ def test_rule_scores_and_hostile_outputs(scorer):
     assert out[3]["score"] == 0.0 and out[3]["format"] == 0.0 and out[3]["accuracy"] == 0.0
     assert -2.0 < out[4]["ngram_penalty"] < -1.9
     assert out[4]["score"] == pytest.approx(0.1 + 0.9 + out[4]["ngram_penalty"])
-    assert out[5]["score"] == 0.0
+    assert (out[5]["format"], out[5]["accuracy"]) == (0.0, 1.0)  # no answer block: the box still counts
     assert out[6]["accuracy"] == 0.0 and out[6]["format"] == 0.0
 
 

@@ -105,7 +105,7 @@ def build_batch(tokenizer, rows: list[dict], texts: list[str]):
 def setup(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):
     """Built data, the detection launcher's DRY_RUN config, a processor dir, one Ray session."""
     tmp = tmp_path_factory.mktemp("verl_perception")
-    data = build_perception_data(shared_data, tmp)
+    data = build_perception_data(shared_data, tmp, coord_frame="qwen2_5_vl")  # every row built for this run's frame
     _, cfg = compose("coco", tmp, data["coco"], data["coco"])
     processor = save_qwen2_5_vl_processor(tmp / "qwen2_5_vl")
     cfg.actor_rollout_ref.model.path = str(processor)  # the workers need a tokenizer; no weights are loaded

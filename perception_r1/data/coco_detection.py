@@ -27,11 +27,13 @@ from .perception_prompts import (
     add_common_options,
     detection_prompt,
     finish_rows,
+    frame_extra_info,
     make_row,
 )
 
 logger = logging.getLogger(__name__)
 DATA_SOURCE = "coco_detection"
+DEFAULT_FRAME = "qwen2_5_vl"  # the paper trains detection on Qwen2.5-VL-3B (pixels of the resized image)
 
 
 def load_instances(path: Path) -> dict[str, Any]:
@@ -93,9 +95,11 @@ def build_rows(
     keep_empty: bool = False,
     max_objects: int | None = None,
     limit: int | None = None,
+    coord_frame: str = DEFAULT_FRAME,
 ) -> list[dict[str, Any]]:
-    """verl rows, one per image, in image-id order."""
+    """verl rows, one per image, in image-id order (``extra_info`` records ``coord_frame`` and the pixel limits)."""
     names = category_names(data["categories"], where)
+    frame_info = frame_extra_info(resolver, coord_frame)
     prompt = detection_prompt(list(names.values()), thinking=thinking)
     by_image: dict[Any, list[tuple[int, Mapping[str, Any]]]] = defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
@@ -153,6 +157,7 @@ def build_rows(
                     "image_id": img["id"],
                     "image_file": str(img["file_name"]),
                     "num_objects": len(objects),
+                    **frame_info,
                 },
             )
         )
@@ -179,7 +184,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--keep-crowd", action="store_true", help="keep iscrowd annotations")
     parser.add_argument("--keep-empty", action="store_true", help="keep images without objects")
     parser.add_argument("--max-objects", type=int, default=None, help="skip images with more objects than this")
-    add_common_options(parser, image_root_help="folder of the images' file_name (default: <annotations dir>/images)")
+    add_common_options(
+        parser,
+        image_root_help="folder of the images' file_name (default: <annotations dir>/images)",
+        coord_frame=DEFAULT_FRAME,
+    )
     parser.set_defaults(func=run)
 
 
@@ -196,5 +205,6 @@ def run(args: argparse.Namespace) -> int:
         keep_empty=args.keep_empty,
         max_objects=args.max_objects,
         limit=args.limit,
+        coord_frame=args.coord_frame,
     )
     return finish_rows(rows, args, what="detection rows")

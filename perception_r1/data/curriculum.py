@@ -7,7 +7,9 @@ reward, so "easy" means "the current policy already earns reward here"). Inputs:
 - ``--rollouts``: a rollout JSONL in the ``score`` contract (``data_source``, ``response``, ``ground_truth``,
   ``extra_info``) whose rows name their prompt by ``extra_info.index`` (or a top-level ``index``);
 - ``--scores`` (optional): the ``perception-r1 score`` output for those rollouts, same order; without it the
-  rollouts are scored here with the same engine (``--set`` as for ``score``).
+  rollouts are scored here with the same engine (``--set`` as for ``score``), each in the coordinate frame its
+  data row records (``extra_info.coord_frame`` / ``min_pixels`` / ``max_pixels`` of ``--data``, filled into
+  rollouts that do not carry them; a rollout that records another frame than its data row is an error).
 
 ``--mode sort`` orders rows by mean score, highest first (ties keep data order); ``--mode buckets`` splits that
 order into ``--buckets`` equal-size stages and shuffles within each stage (``--seed``), so a stage's prompts are
@@ -107,8 +109,37 @@ def curriculum_order(
     return out
 
 
-def load_rollout_scores(rollouts: Path, scores: Path | None, settings: dict[str, str], workers: int | None) -> dict:
-    """Mean score per prompt index, from a ``score`` output file or by scoring the rollouts here."""
+FRAME_KEYS = ("coord_frame", "min_pixels", "max_pixels")
+
+
+def data_frames(data: Path | None) -> dict[int, dict[str, Any]]:
+    """``{prompt index: the frame fields its row records}`` of a training parquet (empty without one)."""
+    if data is None or not Path(data).is_file():
+        return {}
+    import pyarrow.parquet as pq
+
+    try:
+        extra = pq.read_table(data, columns=["extra_info"]).column("extra_info").to_pylist()
+    except Exception:  # a broken or foreign file: write_curriculum reports it with its own message
+        return {}
+    out: dict[int, dict[str, Any]] = {}
+    for p, item in enumerate(extra):
+        if isinstance(item, dict) and item.get("index") is not None:
+            fields = {k: item[k] for k in FRAME_KEYS if item.get(k) is not None}
+            if fields:
+                out[prompt_index({"extra_info": item}, f"{data} row {p}")] = fields
+    return out
+
+
+def load_rollout_scores(
+    rollouts: Path,
+    scores: Path | None,
+    settings: dict[str, str],
+    workers: int | None,
+    frames: dict[int, dict[str, Any]] | None = None,
+) -> dict:
+    """Mean score per prompt index, from a ``score`` output file or by scoring the rollouts here (``frames``: the
+    data rows' recorded frames by prompt index, see :func:`data_frames`)."""
     indices = [prompt_index(obj, f"{rollouts}:{number}") for number, obj in read_jsonl(rollouts)]
     if not indices:
         raise DataError(f"{rollouts}: no rollout rows")
@@ -122,22 +153,42 @@ def load_rollout_scores(rollouts: Path, scores: Path | None, settings: dict[str,
         if len(values) != len(indices):
             raise DataError(f"{scores}: {len(values)} score rows but {rollouts} has {len(indices)} rollouts")
     else:
-        values = score_rollouts(rollouts, settings, workers)
+        values = score_rollouts(rollouts, settings, workers, frames)
     return mean_scores(indices, values)
 
 
-def score_rollouts(rollouts: Path, settings: dict[str, str], workers: int | None) -> list[float]:
-    """Score a rollout file with exactly the ``perception-r1 score`` engine; the ``score`` of each row."""
+def score_rollouts(
+    rollouts: Path, settings: dict[str, str], workers: int | None, frames: dict[int, dict[str, Any]] | None = None
+) -> list[float]:
+    """Score a rollout file with exactly the ``perception-r1 score`` engine; the ``score`` of each row.
+
+    ``frames`` (prompt index -> recorded frame fields) fill in what a rollout's ``extra_info`` lacks.
+    """
     from ..commands.score import load_rows
     from ..errors import CommandError
     from ..scoring import RewardScorer
 
     rows = load_rows(str(rollouts))
+    lines = [(number, prompt_index(obj, f"{rollouts}:{number}")) for number, obj in read_jsonl(rollouts)]
+    for row, (number, index) in zip(rows, lines, strict=True):
+        for key, value in (frames or {}).get(index, {}).items():
+            have = row.extra_info.get(key)
+            if have is None:
+                row.extra_info = {**row.extra_info, key: value}
+            elif have != value:
+                raise DataError(
+                    f"{rollouts}:{number}: field 'extra_info.{key}': {have!r} but its data row records {value!r}"
+                )
     try:
         scorer = RewardScorer(settings, judge=None, workers=workers)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     try:
+        for row, (number, _) in zip(rows, lines, strict=True):  # a row built for another frame: refused up front
+            try:
+                scorer.validate(row)
+            except ValueError as exc:
+                raise DataError(f"{rollouts}:{number}: {exc}") from None
         with progress(len(rows), "scoring rollouts") as bar:
             results = asyncio.run(scorer.score_many(rows, on_done=bar.update))
     finally:
@@ -235,7 +286,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    difficulty = load_rollout_scores(args.rollouts, args.scores, settings_from_args(args), args.workers)
+    frames = data_frames(args.data) if args.scores is None else None
+    difficulty = load_rollout_scores(args.rollouts, args.scores, settings_from_args(args), args.workers, frames)
     order = write_curriculum(args.data, args.output, difficulty, args.mode, args.buckets, args.seed, args.unscored)
     logger.info(
         "wrote %d rows easy -> hard (%d prompts scored) -> %s; train with data.shuffle=False",

@@ -54,6 +54,17 @@ FORMAT_PROMPT = (
     "enclosed within <answer> </answer> tags.\n"
     " The final answer MUST BE put in \\boxed{} in <answer> </answer> tags."
 )
+#: The instruction of the original's ``<perception>`` template variant (scored with ``--set template=perception``):
+#: the same words as :data:`FORMAT_PROMPT`, with the figure's facts described first in a ``<perception>`` block.
+PERCEPTION_FORMAT_PROMPT = (
+    "You FIRST describe the visual information in the image that the problem needs, THEN think about the "
+    "reasoning process as an internal monologue, and then provide the final answer.\n"
+    " The visual description MUST BE enclosed within <perception> </perception> tags, the reasoning process MUST "
+    "BE enclosed within <think> </think> tags, and the answer process MUST BE enclosed within <answer> </answer> "
+    "tags, in this order.\n"
+    " The final answer MUST BE put in \\boxed{} in <answer> </answer> tags."
+)
+FORMAT_PROMPTS = {"think": FORMAT_PROMPT, "perception": PERCEPTION_FORMAT_PROMPT}
 
 #: Annotation fields tried in order when ``--annotations-field`` is not given.
 DEFAULT_ANNOTATION_FIELDS = ("visual_key_info", "visual_annotations")
@@ -139,7 +150,8 @@ def build_row(
     images = image_list(record.get(image_field), where, image_field, base_dir)
     annotations = annotations_of(record, where, args.annotations_field, args.allow_missing_annotations)
     problem = with_image_placeholders(problem, len(images), where, args.problem_field)
-    prompt = f"{problem} {args.format_prompt.strip()}" if args.format_prompt.strip() else problem
+    instruction = args.format_prompt if args.format_prompt is not None else FORMAT_PROMPTS[args.template]
+    prompt = f"{problem} {instruction.strip()}" if instruction.strip() else problem
     split = args.split or (record.get("split") if isinstance(record.get("split"), str) else None) or "train"
     record_id = record.get(args.id_field) if args.id_field else None
     extra_info = {
@@ -281,10 +293,17 @@ def register(subparsers: Any) -> None:
     out.add_argument("--output", type=Path, required=True, help="parquet file to write (atomically)")
     out.add_argument("--split", default=None, help="extra_info.split (default: the record's split, else train)")
     out.add_argument(
+        "--template",
+        choices=sorted(FORMAT_PROMPTS),
+        default="think",
+        help="response template the prompt asks for: think (the released run) or perception (a <perception> "
+        "block first; score with --set template=perception)",
+    )
+    out.add_argument(
         "--format-prompt",
-        default=FORMAT_PROMPT,
-        help="instruction appended to each problem after a space (default: the released run's think/answer/"
-        "\\boxed{} instruction; '' for none)",
+        default=None,
+        help="instruction appended to each problem after a space (default: the --template's instruction, for think "
+        "the released run's think/answer/\\boxed{} instruction; '' for none)",
     )
     out.add_argument(
         "--min-pixels", type=int, default=PAPER_MIN_PIXELS, help="per-image Qwen resize lower bound (0: unset)"

@@ -19,6 +19,7 @@ from .perception_prompts import (
     ImageResolver,
     add_common_options,
     finish_rows,
+    frame_extra_info,
     make_row,
     ocr_prompt,
 )
@@ -69,6 +70,7 @@ def build_rows(
             expected = (int(rec["width"]), int(rec["height"]))
         image, (w, h) = resolver.resolve(image_name, where, expected_size=expected)
         extra: dict[str, Any] = {"split": split, "image_size": [w, h], "image_file": image_name}
+        extra.update(frame_extra_info(resolver, None))  # no coordinates: the pixel limits only
         if rec.get("id") is not None:
             extra["page_id"] = str(rec["id"])
         rows.append(

@@ -189,10 +189,26 @@ def make_row(
     )
 
 
+def frame_extra_info(resolver: ImageResolver, coord_frame: str | None) -> dict[str, Any]:
+    """What a row records about the frame it was built for (``extra_info``): the model's ``coord_frame`` and the
+    ``min_pixels``/``max_pixels`` its images are resized with. The scorers use them unless the run overrides
+    them, and refuse rows that contradict an explicit run setting (:func:`perception_r1.rewards.boxes.resolve_frame`).
+    """
+    out: dict[str, Any] = {} if coord_frame is None else {"coord_frame": coord_frame}
+    for key in ("min_pixels", "max_pixels"):
+        value = getattr(resolver, key)
+        if value:
+            out[key] = int(value)
+    return out
+
+
 def add_common_options(
-    parser: argparse.ArgumentParser, image_root_help: str = "folder of relative image paths"
+    parser: argparse.ArgumentParser,
+    image_root_help: str = "folder of relative image paths",
+    coord_frame: str | None = None,
 ) -> None:
-    """Options every perception builder shares."""
+    """Options every perception builder shares (``coord_frame``: this builder's default model frame; ``None`` for
+    a task without coordinates)."""
     parser.add_argument("--output", type=Path, required=True, help="parquet file to write (atomically)")
     parser.add_argument("--image-root", type=Path, default=None, help=image_root_help)
     parser.add_argument(
@@ -204,6 +220,16 @@ def add_common_options(
         "--thinking", action="store_true", help="use the think/answer template (the paper's default: no thinking)"
     )
     parser.add_argument("--limit", type=int, default=None, help="keep at most this many rows")
+    if coord_frame is not None:
+        from ..rewards.boxes import COORD_FRAMES
+
+        parser.add_argument(
+            "--coord-frame",
+            choices=COORD_FRAMES,
+            default=coord_frame,
+            help=f"the model's coordinate frame, recorded in extra_info.coord_frame (default {coord_frame}: the "
+            "paper's model for this task; qwen2_5_vl for Qwen2.5-VL, with --min-pixels/--max-pixels)",
+        )
 
 
 def write_rows(rows: list[dict[str, Any]], output: str | os.PathLike[str]) -> int:

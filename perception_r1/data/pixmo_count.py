@@ -34,6 +34,7 @@ from .perception_prompts import (
     add_common_options,
     counting_prompt,
     finish_rows,
+    frame_extra_info,
     make_row,
 )
 
@@ -161,9 +162,11 @@ def build_rows(
     skip_missing_points: bool = False,
     skip_missing_images: bool = False,
     limit: int | None = None,
+    coord_frame: str = "qwen2_vl",
 ) -> list[dict[str, Any]]:
     """verl rows after checking label, points (inside the image) and count (equal to the number of points)."""
     rows: list[dict[str, Any]] = []
+    frame_info = frame_extra_info(resolver, coord_frame)
     skipped = {"points": 0, "images": 0}
     for where, rec in records:
         label = rec.get("label")
@@ -195,6 +198,7 @@ def build_rows(
         extra = {"split": split, "image_size": [w, h], "label": label.strip(), "count": len(gt)}
         for key in ("image_url", "image_sha256"):
             extra[key] = str(rec[key]) if rec.get(key) else None
+        extra.update(frame_info)
         rows.append(
             make_row(
                 data_source=DATA_SOURCE,
@@ -227,7 +231,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--download", action="store_true", help="download missing images into --image-root")
     parser.add_argument("--skip-missing-images", action="store_true", help="drop rows whose image is unavailable")
     parser.add_argument("--skip-missing-points", action="store_true", help="drop rows without points (eval splits)")
-    add_common_options(parser, image_root_help="folder of images named <sha256>.<ext> (or by URL file name)")
+    add_common_options(
+        parser, image_root_help="folder of images named <sha256>.<ext> (or by URL file name)", coord_frame="qwen2_vl"
+    )
     parser.set_defaults(func=run)
 
 
@@ -249,5 +255,6 @@ def run(args: argparse.Namespace) -> int:
         args.skip_missing_points,
         args.skip_missing_images,
         args.limit,
+        args.coord_frame,
     )
     return finish_rows(rows, args, what="counting rows")

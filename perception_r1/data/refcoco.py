@@ -33,6 +33,7 @@ from .perception_prompts import (
     ImageResolver,
     add_common_options,
     finish_rows,
+    frame_extra_info,
     grounding_prompt,
     make_row,
 )
@@ -222,9 +223,11 @@ def build_rows(
     sentences: str = "all",
     thinking: bool = False,
     limit: int | None = None,
+    coord_frame: str = "qwen2_vl",
 ) -> list[dict[str, Any]]:
     """verl rows (one per expression) after checking each box lies inside its image with positive area."""
     rows: list[dict[str, Any]] = []
+    frame_info = frame_extra_info(resolver, coord_frame)
     for rec in records:
         if sentences == "first" and rec.ids.get("sent_index", 0) != 0:
             continue
@@ -249,6 +252,7 @@ def build_rows(
                     "question": rec.expression,
                     "image_file": rec.image,
                     **rec.ids,
+                    **frame_info,
                 },
             )
         )
@@ -276,7 +280,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--image-field", default=None, help="--input: the image file field (default: auto)")
     parser.add_argument("--bbox-field", default=None, help="--input: the box field (default: auto)")
     parser.add_argument("--sentences", choices=("all", "first"), default="all", help="rows per ref (default all)")
-    add_common_options(parser)
+    add_common_options(parser, coord_frame="qwen2_vl")
     parser.set_defaults(func=run)
 
 
@@ -289,5 +293,5 @@ def run(args: argparse.Namespace) -> int:
             args.input, args.bbox_format, args.split, args.text_field, args.image_field, args.bbox_field
         )
     resolver = ImageResolver.from_args(args)
-    rows = build_rows(records, resolver, split, args.sentences, args.thinking, args.limit)
+    rows = build_rows(records, resolver, split, args.sentences, args.thinking, args.limit, args.coord_frame)
     return finish_rows(rows, args, what="grounding rows")

@@ -272,7 +272,7 @@ def score_perception(
     JSON the parquet was built from; boxes score 1.0, or ``1/(rank+1)`` with ``score_mode="order"``).
     Returns ``(summary, rows)`` like :func:`score_predictions`; items without a prediction count as misses.
     """
-    from ..rewards.boxes import PerceptionSettings, split_answer
+    from ..rewards.boxes import PerceptionSettings, settings_for_row, split_answer
     from ..rewards.registry import build_settings
     from . import perception_metrics as pm
 
@@ -290,7 +290,8 @@ def score_perception(
         for item in items:
             response = predictions.get(item.id, "")
             size = item.meta["extra_info"].get("image_size")
-            iou = pm.grounding_iou_from_response(response, item.meta["ground_truth"], size, perception)
+            row_settings = settings_for_row(perception, item.meta["extra_info"])  # the frame the row was built for
+            iou = pm.grounding_iou_from_response(response, item.meta["ground_truth"], size, row_settings)
             ious.append(iou)
             rows.append({"id": item.id, "iou": iou, "correct": iou >= 0.5})
         summary.update(pm.grounding_accuracy(ious))
@@ -322,7 +323,7 @@ def score_perception(
                 int(extra["image_id"]),
                 extra["image_size"],
                 category_ids,
-                perception,
+                settings_for_row(perception, extra),
                 score_mode=score_mode,  # type: ignore[arg-type]
             )
             results.extend(found)

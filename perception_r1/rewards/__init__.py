@@ -7,9 +7,11 @@ from .registry import (
     build_settings,
     check_setting_keys,
     get_task,
+    known_presets,
     parse_set_options,
     register_task,
     registered_tasks,
+    validate_row,
 )
 
 __all__ = [
@@ -19,7 +21,9 @@ __all__ = [
     "build_settings",
     "check_setting_keys",
     "get_task",
+    "known_presets",
     "parse_set_options",
     "register_task",
     "registered_tasks",
+    "validate_row",
 ]

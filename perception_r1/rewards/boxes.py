@@ -20,16 +20,22 @@ Frames (the ``coord_frame`` run setting): ``qwen2_vl`` and ``qwen3_vl`` are inte
 the image; ``qwen2_5_vl`` is absolute pixels of the image as resized by the processor (:func:`smart_resize`, factor
 28, the run's ``min_pixels``/``max_pixels``); ``absolute`` is pixels of the original image. Ground truth is always
 original-image pixels; :func:`to_original` / :func:`from_original` are the one place frames are converted.
+
+Which frame a row is scored in (:func:`resolve_frame`): the data builders record the frame and pixel limits the
+data was built for in ``extra_info`` (``coord_frame``, ``min_pixels``, ``max_pixels``); a row is scored in its
+recorded frame unless the run sets ``coord_frame`` explicitly, and a row whose recorded frame contradicts an
+explicit one is refused (``ValueError``), because scoring it would silently put every box in the wrong place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
@@ -45,18 +51,110 @@ RELATIVE_SCALE = 1000.0  # qwen2_vl / qwen3_vl coordinates are in [0, 1000)
 class PerceptionSettings:
     """Run settings shared by every perception task (same name, same meaning in each).
 
-    ``coord_frame``: the frame of the model's coordinates. ``min_pixels``/``max_pixels``: the processor's limits
-    (used by ``qwen2_5_vl`` to recover the resized image size). ``max_predictions``: valid predictions beyond this
-    are ignored and counted. ``thinking``: the response must follow the ``<think>…</think><answer>…</answer>``
-    template (the paper's default is no thinking); ``format_weight``: the weight of the ``format`` component.
+    ``coord_frame``: the frame of the model's coordinates; unset (``None``), each row is scored in the frame its
+    ``extra_info.coord_frame`` records, else ``qwen2_vl`` (:func:`resolve_frame`). ``min_pixels``/``max_pixels``:
+    the processor's limits (used by ``qwen2_5_vl`` to recover the resized image size); unset, the row's recorded
+    limits, else the processor's defaults. ``max_predictions``: valid predictions beyond this are ignored and
+    counted. ``thinking``: the response must follow the ``<think>…</think><answer>…</answer>`` template (the
+    paper's default is no thinking); ``format_weight``: the weight of the ``format`` component.
     """
 
-    coord_frame: CoordFrame = "qwen2_vl"
-    min_pixels: int = DEFAULT_MIN_PIXELS
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    coord_frame: CoordFrame | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
     max_predictions: int = DEFAULT_MAX_ITEMS
     thinking: bool = False
     format_weight: float = 1.0
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # Perception-R1 (Yu et al.): no thinking, every component weight 1 (frames belong to the data, not here).
+        "paper": {"thinking": False, "format_weight": 1.0, "max_predictions": DEFAULT_MAX_ITEMS},
+    }
+
+
+S = TypeVar("S", bound=PerceptionSettings)
+DEFAULT_FRAME = "qwen2_vl"
+"""The frame of a row that records none, when the run sets none either (Qwen2-VL, the paper's base model)."""
+_SAME_MATH = {"qwen3_vl": "qwen2_vl"}  # frames whose conversion is identical never contradict each other
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The coordinate frame one row is scored in: ``name`` plus the processor limits ``qwen2_5_vl`` needs."""
+
+    name: str
+    min_pixels: int
+    max_pixels: int
+
+
+def _recorded_pixels(extra_info: Any, key: str) -> int | None:
+    value = extra_info.get(key) if hasattr(extra_info, "get") else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or value != int(value):
+        raise ValueError(f"extra_info.{key}: expected a positive integer pixel count, got {value!r}")
+    if int(value) <= 0:
+        raise ValueError(f"extra_info.{key}: expected a positive integer pixel count, got {value!r}")
+    return int(value)
+
+
+def recorded_frame(extra_info: Any) -> tuple[str | None, int | None, int | None]:
+    """``(coord_frame, min_pixels, max_pixels)`` a row records (``None`` where absent); ``ValueError`` when bad."""
+    frame = extra_info.get("coord_frame") if hasattr(extra_info, "get") else None
+    if frame is not None and frame not in COORD_FRAMES:
+        raise ValueError(f"extra_info.coord_frame: expected one of {list(COORD_FRAMES)}, got {frame!r}")
+    return frame, _recorded_pixels(extra_info, "min_pixels"), _recorded_pixels(extra_info, "max_pixels")
+
+
+def settings_for_row(settings: S, extra_info: Any) -> S:
+    """``settings`` with the frame of one row filled in (:func:`resolve_frame`), for callers that hand settings to
+    functions without the row (evaluation metrics); ``ValueError`` on a contradicting row."""
+    frame = resolve_frame(settings, extra_info or {})
+    return dataclasses.replace(
+        settings, coord_frame=frame.name, min_pixels=frame.min_pixels, max_pixels=frame.max_pixels
+    )
+
+
+def check_frame(extra_info: Any, settings: PerceptionSettings) -> None:
+    """``Task.check_settings`` of the coordinate tasks: ``ValueError`` when the row contradicts the run's frame."""
+    resolve_frame(settings, extra_info or {})
+
+
+def resolve_frame(settings: PerceptionSettings, extra_info: Any) -> Frame:
+    """The frame to score one row in: the run's explicit settings, else what the row records, else the defaults.
+
+    ``ValueError`` naming the field and both values when the row records a frame that contradicts the run's
+    explicit ``coord_frame`` (``qwen2_vl`` and ``qwen3_vl`` share one conversion and never contradict), or, in the
+    ``qwen2_5_vl`` frame, pixel limits that contradict the run's explicit ``min_pixels``/``max_pixels``.
+
+    >>> resolve_frame(PerceptionSettings(), {"coord_frame": "qwen2_5_vl", "max_pixels": 1003520}).name
+    'qwen2_5_vl'
+    """
+    frame, min_px, max_px = recorded_frame(extra_info)
+    explicit = settings.coord_frame
+    if (
+        explicit is not None
+        and frame is not None
+        and _SAME_MATH.get(explicit, explicit) != _SAME_MATH.get(frame, frame)
+    ):
+        raise ValueError(
+            f"extra_info.coord_frame: the row was built for {frame!r} but the run sets coord_frame={explicit!r} "
+            "(rebuild the data with --coord-frame, or drop the setting to score each row in its recorded frame)"
+        )
+    name = explicit or frame or DEFAULT_FRAME
+    limits = []
+    for key, recorded, default in (
+        ("min_pixels", min_px, DEFAULT_MIN_PIXELS),
+        ("max_pixels", max_px, DEFAULT_MAX_PIXELS),
+    ):
+        run_value = getattr(settings, key)
+        if name == "qwen2_5_vl" and run_value is not None and recorded is not None and run_value != recorded:
+            raise ValueError(
+                f"extra_info.{key}: the row was built for {key}={recorded} but the run sets {key}={run_value} "
+                "(qwen2_5_vl coordinates are pixels of the resized image, so both must agree)"
+            )
+        limits.append(run_value if run_value is not None else recorded if recorded is not None else default)
+    return Frame(name, limits[0], limits[1])
 
 
 # ---------------------------------------------------------------- parse results
@@ -556,19 +654,24 @@ def gt_array(value: Any, width: int, field_name: str, boxes: bool = True) -> np.
 
 
 def read_prediction(
-    response: str, settings: PerceptionSettings, image_size: Sequence[float], points: bool = False
+    response: str,
+    settings: PerceptionSettings,
+    image_size: Sequence[float],
+    points: bool = False,
+    extra_info: Any = None,
 ) -> tuple[Parsed, bool]:
     """Parse the answer part of ``response`` and convert it to original-image pixels; ``(parsed, template_ok)``.
 
-    ``parsed.coords`` is in original pixels afterwards. Never raises on model output.
+    The frame is :func:`resolve_frame` of ``settings`` and the row's ``extra_info`` (which raises ``ValueError``
+    on a contradicting row: bad data, not bad output). ``parsed.coords`` is in original pixels afterwards. Never
+    raises on model output.
     """
+    frame = resolve_frame(settings, extra_info or {})
     answer, template_ok = split_answer(response, settings.thinking)
     cap = settings.max_predictions
     parsed = parse_points(answer, cap) if points else parse_boxes(answer, cap)
     try:
-        parsed.coords = to_original(
-            parsed.coords, settings.coord_frame, image_size, settings.min_pixels, settings.max_pixels
-        )
+        parsed.coords = to_original(parsed.coords, frame.name, image_size, frame.min_pixels, frame.max_pixels)
     except ValueError:  # an unusable frame/size: nothing can be placed on the image
         parsed = Parsed(_empty(2 if points else 4), dropped=len(parsed) + parsed.dropped, syntax=parsed.syntax)
     return parsed, template_ok

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from .format import format_reward
+from .format import FormatRule, Template, format_reward
 from .math_answer import accuracy_from_key, accuracy_key, quick_verdict
 from .ngram import ngram_penalty
 from .registry import Components, IsolatedCheck, Task, register_task
@@ -36,6 +36,31 @@ class Geo3kVisualSettings:
     judge_prompt: Literal["paper", "strict"] = "paper"
     """The judge's question: ``paper`` (is each fact present in the response, the original's) or ``strict``
     (stated or clearly used by the reasoning); see perception_r1/judge/visual.py and docs/judge.md."""
+    template: Template = "think"
+    """The response template: ``think`` (the released run) or ``perception`` (a ``<perception>`` block first, the
+    original's ``perception_boxed_math_verify`` variant; build the data with ``--template perception``)."""
+    format_rule: FormatRule = "strict"
+    """``strict``: each tag once, non-empty reasoning and ``\\boxed{}``, surrounding whitespace ignored; ``paper``:
+    exactly the original's regex (see :mod:`perception_r1.rewards.format` and docs/fidelity.md)."""
+    answer_fallback: bool = True
+    """Without a complete ``<answer>`` block, check the last ``\\boxed{}`` of the whole response (the original
+    falls back to the whole response); ``false``: no block, accuracy 0."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # The released geo3k run (examples/run_qwen2_5_vl_7b_geo3k_visual_swanlab.sh of the original): weights
+        # 0.9 / 0.1, visual factor 0.7, n-gram 20 / -2.0, its format regex; bug fixes kept (docs/fidelity.md).
+        "paper": {
+            "format_weight": 0.1,
+            "accuracy_weight": 0.9,
+            "visual_weight": 0.7,
+            "ngram_size": 20,
+            "ngram_max_penalty": -2.0,
+            "template": "think",
+            "format_rule": "paper",
+            "answer_fallback": True,
+            "judge_prompt": "paper",
+        },
+    }
 
 
 def validate(ground_truth: Any, extra_info: Mapping[str, Any]) -> None:
@@ -70,7 +95,7 @@ def rule_components(
 ) -> Components:
     """``format`` and ``ngram_penalty`` (``accuracy`` is the isolated check, ``visual`` the judge step)."""
     return {
-        "format": format_reward(response),
+        "format": format_reward(response, s.template, s.format_rule),
         "ngram_penalty": ngram_penalty(response, n=s.ngram_size, max_penalty=s.ngram_max_penalty),
     }
 

@@ -14,15 +14,20 @@ from functools import lru_cache
 from typing import Any
 
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
+BOXED_ONLY: tuple[str, ...] = ("\\boxed{",)
+"""What the format reward accepts: the prompt asks for ``\\boxed{}`` (the original's regex takes no ``\\fbox``)."""
 
 
-def last_boxed(text: str) -> str | None:
+def last_boxed(text: str, markers: tuple[str, ...] = ("\\boxed{", "\\fbox{")) -> str | None:
     """The content of the last balanced ``\\boxed{…}`` (or ``\\fbox{…}``) in ``text``; ``None`` if there is none.
+
+    ``markers`` are tried in order: the last ``\\boxed``, else the last ``\\fbox`` (the format reward passes
+    :data:`BOXED_ONLY`).
 
     >>> last_boxed(r"a \\boxed{1} b \\boxed{\\frac{1}{2}}")
     '\\\\frac{1}{2}'
     """
-    for marker in ("\\boxed{", "\\fbox{"):
+    for marker in markers:
         start = text.rfind(marker)
         while start != -1:
             i = start + len(marker)
@@ -51,20 +56,56 @@ def answer_block(response: str) -> str | None:
     return response[start + len(_ANSWER_OPEN) : end].strip()
 
 
-def extract_answer(response: str) -> str | None:
-    """The model's final answer: the last ``\\boxed{}`` inside ``<answer>``, else the answer block's text."""
-    block = answer_block(response)
-    if block is None:
+def answer_candidate(response: str, fallback: bool = True) -> tuple[str, str] | None:
+    """``(kind, text)``: what the accuracy check reads from a response, or ``None`` when there is nothing to check.
+
+    - A complete ``<answer>…</answer>`` block with a non-empty ``\\boxed{…}``: ``("boxed", content)`` of the last
+      one.
+    - A block without one: ``("block", text)``. The check reads it both as one expression (a bare ``5\\sqrt{3}``)
+      and the way math-verify reads free text (``The answer is 5`` → 5), never by boxing the sentence.
+    - No complete block (the template not yet learned, or a reply cut off before ``</answer>``): with
+      ``fallback``, the last ``\\boxed{…}`` of the whole response, as the original reward falls back to the whole
+      response; without a box there is nothing to check (the original's math-verify would pick *any* number of
+      the reasoning, a lucky guess, so we do not).
+
+    An ``\\fbox`` is read where there is no ``\\boxed``, as the evaluation reads it: a right answer in the wrong
+    box must not score below a wrong answer in the right one (the format reward, which takes only ``\\boxed``,
+    teaches the box).
+
+    >>> answer_candidate(r"The answer is \\boxed{5}.")
+    ('boxed', '5')
+    >>> answer_candidate("<answer>\\nThe answer is 5\\n</answer>")
+    ('block', 'The answer is 5')
+    """
+    if not isinstance(response, str):
         return None
-    boxed = last_boxed(block)
-    answer = boxed if boxed is not None else block
-    answer = answer.strip()
-    return answer or None
+    block = answer_block(response)
+    if block is not None:
+        boxed = last_boxed(block)
+        if boxed is not None and boxed.strip():
+            return "boxed", boxed.strip()
+        return ("block", block) if block else None
+    if not fallback:
+        return None
+    boxed = last_boxed(response)
+    if boxed is not None and boxed.strip():
+        return "boxed", boxed.strip()
+    return None
 
 
-def verify_answer(ground_truth: str, answer: str, timeout_s: float = 5.0) -> float:
+def extract_answer(response: str, fallback: bool = True) -> str | None:
+    """The model's final answer text (see :func:`answer_candidate`): the last ``\\boxed{}`` inside ``<answer>``,
+    else the answer block's text; without a complete block, the last ``\\boxed{}`` of the response."""
+    candidate = answer_candidate(response, fallback)
+    return candidate[1] if candidate is not None else None
+
+
+def verify_answer(ground_truth: str, answer: str, timeout_s: float = 5.0, kind: str = "boxed") -> float:
     """1.0 when math-verify finds ``answer`` equivalent to ``ground_truth``, else 0.0.
 
+    The ground truth is read boxed first (so ``2\\sqrt{3}`` is 2√3, not the 2 that plain-text extraction finds),
+    then as plain text. ``kind="boxed"`` reads ``answer`` as one expression; ``kind="block"`` (an answer block
+    without ``\\boxed``) also reads it as free text, and either reading may match.
     Must run on a main thread for math-verify's own timeouts to apply (see the module docstring).
     """
     from math_verify import verify
@@ -72,6 +113,8 @@ def verify_answer(ground_truth: str, answer: str, timeout_s: float = 5.0) -> flo
     timeout = max(1, int(timeout_s))
     gold = list(_parse_boxed(ground_truth, timeout) or _parse_plain(ground_truth, timeout))
     pred = list(_parse_boxed(answer, timeout))
+    if kind == "block":
+        pred += list(_parse_plain(answer, timeout))
     if not gold or not pred:
         # Fall back to exact text match so unparsable but identical answers still count.
         return 1.0 if _normalise(ground_truth) == _normalise(answer) else 0.0
@@ -119,12 +162,13 @@ def quick_verdict(key: Hashable) -> float | None:
     Identical strings are equal; two plain decimal numbers are equal when their values are, and unequal when they
     differ by more than 0.1% (math-verify compares numbers after rounding to 6 decimals, so only near-equal pairs
     need it). In GRPO batches most answers fall here, which saves a worker round trip and ~2 ms of sympy each.
+    Keys are ``(ground_truth, answer)`` or ``(ground_truth, answer, kind)`` (a bare number reads the same way in
+    both kinds).
 
     >>> quick_verdict(("13", "13.0")), quick_verdict(("13", "26")), quick_verdict(("13", "x = 13"))
     (1.0, 0.0, None)
     """
-    ground_truth, answer = key  # type: ignore[misc]
-    ground_truth, answer = ground_truth.strip(), answer.strip()
+    ground_truth, answer = key[0].strip(), key[1].strip()  # type: ignore[index]
     if ground_truth == answer:
         return 1.0
     if _PLAIN_NUMBER.fullmatch(ground_truth) and _PLAIN_NUMBER.fullmatch(answer):
@@ -137,14 +181,17 @@ def quick_verdict(key: Hashable) -> float | None:
 
 
 def accuracy_key(response: str, ground_truth: Any, settings: Any) -> Hashable | None:
-    """Memo key for the accuracy check: ``(ground_truth, extracted answer)``; ``None`` when nothing to check."""
-    answer = extract_answer(response)
-    if answer is None:
+    """Memo key for the accuracy check: ``(ground_truth, answer, kind)``; ``None`` when nothing to check."""
+    candidate = answer_candidate(response, fallback=getattr(settings, "answer_fallback", True))
+    if candidate is None:
         return None
-    return (str(ground_truth), answer)
+    kind, answer = candidate
+    return (str(ground_truth), answer, kind)
 
 
 def accuracy_from_key(key: Hashable, settings: Any) -> float:
-    """Worker-process entry point: ``verify_answer`` on a memo key from :func:`accuracy_key`."""
-    ground_truth, answer = key  # type: ignore[misc]
-    return verify_answer(ground_truth, answer, timeout_s=getattr(settings, "math_timeout_s", 5.0))
+    """Worker-process entry point: ``verify_answer`` on a memo key from :func:`accuracy_key` (a 2-tuple
+    ``(ground_truth, answer)`` is a boxed answer)."""
+    ground_truth, answer, *rest = key  # type: ignore[misc]
+    kind = rest[0] if rest else "boxed"
+    return verify_answer(ground_truth, answer, timeout_s=getattr(settings, "math_timeout_s", 5.0), kind=kind)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from rapidfuzz.distance import Levenshtein
 
@@ -33,6 +33,10 @@ class OcrSettings(PerceptionSettings):
 
     accuracy_weight: float = 1.0
     case_sensitive: bool = True
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {**PerceptionSettings.PRESETS["paper"], "accuracy_weight": 1.0, "case_sensitive": True},
+    }
 
 
 def normalize_text(text: str) -> str:

@@ -48,6 +48,8 @@ class Task:
     - ``isolated``: optional slow/risky check (see :class:`IsolatedCheck`).
     - ``annotations(extra_info)``: optional judge step; returns the annotations to verify (``None``/empty: no judge).
     - ``output_keys``: the component names every output row carries, in order (``score`` first is implied).
+    - ``check_settings(extra_info, settings)``: optional; raises ``ValueError`` naming the field when a row
+      contradicts the run's settings (e.g. data built for another coordinate frame). See :func:`validate_row`.
     """
 
     data_source: str
@@ -58,6 +60,7 @@ class Task:
     output_keys: tuple[str, ...]
     isolated: IsolatedCheck | None = None
     annotations: Callable[[Mapping[str, Any]], list[str] | None] | None = None
+    check_settings: Callable[[Mapping[str, Any], Any], None] | None = None
 
 
 _TASKS: dict[str, Task] = {}
@@ -111,6 +114,18 @@ def get_task(data_source: str) -> Task:
         raise KeyError(f"unknown data_source {data_source!r}; known: {sorted(tasks)}") from None
 
 
+def validate_row(task: Task, ground_truth: Any, extra_info: Mapping[str, Any], settings: Any = None) -> None:
+    """Check one row before scoring: its ground truth, and (given the run's ``settings``) that it agrees with them.
+
+    ``ValueError`` naming the field. Every caller that knows the run's settings (the scoring engine, ``score``,
+    the launch preflight) should validate through here, so a row built for another coordinate frame is refused
+    before any scoring instead of being scored in the wrong place.
+    """
+    task.validate(ground_truth, extra_info)
+    if settings is not None and task.check_settings is not None:
+        task.check_settings(extra_info, settings)
+
+
 # ---------------------------------------------------------------- settings
 
 
@@ -147,8 +162,47 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+PRESET_KEY = "preset"
+"""The settings key that selects a named preset (``--set preset=paper``, ``reward.reward_kwargs.preset=paper``)."""
+
+
+def presets_of(settings_cls: type) -> dict[str, dict[str, Any]]:
+    """The named presets a settings class declares (its ``PRESETS`` class attribute: ``{name: {field: value}}``)."""
+    return dict(getattr(settings_cls, "PRESETS", None) or {})
+
+
+def known_presets() -> list[str]:
+    """Every preset name a registered task declares, sorted."""
+    return sorted({name for task in registered_tasks().values() for name in presets_of(task.settings)})
+
+
+def apply_preset(settings_cls: type, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` with the selected preset's values for ``settings_cls`` filled in underneath.
+
+    Presets are per settings class, because one key can mean a different value per task (``format_weight`` is
+    0.1 in the geo3k paper and 1.0 in the perception paper). Explicit keys always win over the preset. A preset
+    name that no registered task declares is a ``ValueError`` naming the setting and the known presets.
+    """
+    name = overrides.get(PRESET_KEY)
+    out = {k: v for k, v in overrides.items() if k != PRESET_KEY}
+    if name is None or (isinstance(name, str) and name.strip().lower() in {"", "none", "default"}):
+        return out
+    name = str(name).strip()
+    declared = presets_of(settings_cls)
+    if name not in declared:
+        known = known_presets()
+        if name not in known:
+            raise ValueError(f"setting {PRESET_KEY!r}: unknown preset {name!r}; known presets: {known}")
+        return out  # a preset of other tasks: nothing to pin here
+    return {**declared[name], **out}
+
+
 def build_settings(settings_cls: type, overrides: Mapping[str, Any]) -> Any:
-    """Instantiate ``settings_cls`` from the overrides whose keys are its fields (others are ignored)."""
+    """Instantiate ``settings_cls`` from the overrides whose keys are its fields (others are ignored).
+
+    A ``preset`` key fills in the preset's values first (:func:`apply_preset`); explicit keys override them.
+    """
+    overrides = apply_preset(settings_cls, overrides)
     hints = typing.get_type_hints(settings_cls)
     kwargs = {}
     for f in dataclasses.fields(settings_cls):
@@ -158,16 +212,20 @@ def build_settings(settings_cls: type, overrides: Mapping[str, Any]) -> Any:
 
 
 def known_setting_keys() -> set[str]:
-    """Every settings key any registered task understands."""
-    return {f.name for task in registered_tasks().values() for f in dataclasses.fields(task.settings)}
+    """Every settings key any registered task understands (and ``preset``)."""
+    return {PRESET_KEY} | {f.name for task in registered_tasks().values() for f in dataclasses.fields(task.settings)}
 
 
 def check_setting_keys(overrides: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` naming the first override no task understands (a typo must not be ignored)."""
+    """Raise ``ValueError`` naming the first override no task understands (a typo must not be ignored), or an
+    unknown preset name."""
     known = known_setting_keys()
     for key in overrides:
         if key not in known:
             raise ValueError(f"unknown setting {key!r}; known settings: {sorted(known)}")
+    if PRESET_KEY in overrides:
+        for task in registered_tasks().values():
+            apply_preset(task.settings, overrides)
 
 
 def parse_set_options(items: list[str] | None) -> dict[str, str]:
