@@ -286,6 +286,12 @@ def score_command(args: argparse.Namespace) -> int:
         print(json.dumps(summary, ensure_ascii=False))
     else:
         print(format_summary(summary))
+    if summary.get("missing"):
+        print(
+            f"warning: {summary['missing']} of {summary['n']} items have no prediction in {args.predictions}; "
+            "they count as wrong (finish them with `eval run`: it resumes)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -318,17 +324,31 @@ def score_file(
     return summary, rows
 
 
+COVERAGE_KEYS = ("n", "answered", "missing", "coverage")
+
+
+def coverage_text(summary: dict[str, Any]) -> str:
+    """``coverage 70/304`` (answered items / benchmark items) for a summary line."""
+    return f"coverage {summary.get('answered', summary.get('n', 0))}/{summary.get('n', 0)}"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-    """A short human-readable summary: accuracy, extraction paths, and We-Math's metrics when present."""
+    """A short human-readable summary: accuracy over every item, coverage, extraction paths, We-Math's metrics."""
     if "extraction" not in summary:  # a perception benchmark: its metrics as they are
-        shown = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        return f"{summary['benchmark']} ({summary.get('checkpoint', '')}): " + ", ".join(
-            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()
+        shown = {
+            k: v
+            for k, v in summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in COVERAGE_KEYS
+        }
+        return (
+            f"{summary['benchmark']} ({summary.get('checkpoint', '')}): "
+            + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+            + f", {coverage_text(summary)}"
         )
     ex = summary["extraction"]
     lines = [
         f"{summary['benchmark']} ({summary.get('checkpoint', '')}): accuracy {summary['accuracy']:.4f} "
-        f"({summary['correct']}/{summary['n']}), {summary['missing']} item(s) without a prediction",
+        f"({summary['correct']}/{summary['n']}), {coverage_text(summary)}",
         f"answers read by rules {ex['rule']}, by the judge {ex['judge']}, unreadable {ex['none']}",
     ]
     wemath = summary.get("wemath")
