@@ -99,6 +99,8 @@ class VisualVerdict:
     verdicts: list[int]
     failed: bool
     latency_s: float | None
+    error: str | None = None
+    """Why the call failed (the client's message, never the key), for the caller's failure report."""
 
     @property
     def visual(self) -> float:
@@ -112,8 +114,8 @@ async def judge_visual(client: JudgeClient, annotations: Sequence[str], response
     messages = build_visual_messages(annotations, response)
     try:
         result = await client.chat(messages, max_tokens=max(32, 24 * len(annotations)))
-    except JudgeError:
-        return VisualVerdict(verdicts=[0] * len(annotations), failed=True, latency_s=None)
+    except JudgeError as exc:
+        return VisualVerdict(verdicts=[0] * len(annotations), failed=True, latency_s=None, error=str(exc))
     return VisualVerdict(
         verdicts=parse_verdicts(result.text, len(annotations)), failed=False, latency_s=result.latency_s
     )
