@@ -106,8 +106,11 @@ def test_report_refuses_runs_of_different_coverage_unless_allowed(shared_data, w
     assert "coverage" in md and "28/40" in md and "40/40" in md
     assert "partial" in md.lower()
     report = json.loads((tmp_path / "r3" / "report.json").read_text())
-    assert report["coverage"]["rl"]["wemath"] == {"answered": 28, "n": 40, "items": report["coverage"]["rl"][
-        "wemath"]["items"]}
+    assert report["coverage"]["rl"]["wemath"] == {
+        "answered": 28,
+        "n": 40,
+        "items": report["coverage"]["rl"]["wemath"]["items"],
+    }
     assert report["partial"] is True
 
 

@@ -20,7 +20,9 @@ JUDGED = {"data_source": "geo3k_visual", "response": GOOD, "ground_truth": "13",
 PLAIN = {"data_source": "geo3k_visual", "response": GOOD, "ground_truth": "13", "extra_info": {}}
 
 
-def score(tmp_path: Path, rows: list[dict], *args: str, key: str | None = None) -> tuple[subprocess.CompletedProcess, Path]:
+def score(
+    tmp_path: Path, rows: list[dict], *args: str, key: str | None = None
+) -> tuple[subprocess.CompletedProcess, Path]:
     src = tmp_path / "rollouts.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "scores.jsonl"

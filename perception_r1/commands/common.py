@@ -45,7 +45,9 @@ class _DefaultsMixin:
             if line.startswith("  ") or not line.strip():
                 out.append(indent + line)
             else:
-                out.append(textwrap.fill(" ".join(line.split()), width, initial_indent=indent, subsequent_indent=indent))
+                out.append(
+                    textwrap.fill(" ".join(line.split()), width, initial_indent=indent, subsequent_indent=indent)
+                )
         return "\n".join(out)
 
 

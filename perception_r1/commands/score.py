@@ -212,7 +212,9 @@ class ResumeFile:
                 good += len(line)
             size = self.path.stat().st_size
         if good < size:
-            logger.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", self.path, size - good)
+            logger.warning(
+                "%s: dropping a torn last line (%d bytes) left by an interrupted run", self.path, size - good
+            )
             with open(self.path, "r+b") as handle:
                 handle.truncate(good)
         self.resumed = sum(self.final)
@@ -410,6 +412,4 @@ def write_output(
                     code=1,
                 )
             logger.warning("%s; those rows have visual = 0, judge_failed = 1", line)
-    logger.info(
-        "scored %d rows -> %s (mean score %.4f, judge_failed %d)", scan.rows, output, total / scan.rows, failed
-    )
+    logger.info("scored %d rows -> %s (mean score %.4f, judge_failed %d)", scan.rows, output, total / scan.rows, failed)

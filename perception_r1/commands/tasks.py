@@ -159,7 +159,11 @@ def settings_epilog() -> str:
     for task in describe_tasks():
         keys = " ".join(f"{s['name']}={_fmt(s['default'])}" for s in task["settings"])
         lines += textwrap.wrap(
-            f"{task['data_source']}: {keys}", 96, initial_indent="  ", subsequent_indent="      ", break_on_hyphens=False
+            f"{task['data_source']}: {keys}",
+            96,
+            initial_indent="  ",
+            subsequent_indent="      ",
+            break_on_hyphens=False,
         )
     return "\n".join(lines)
 
