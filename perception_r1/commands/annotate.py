@@ -68,7 +68,7 @@ def register(subparsers: Any) -> None:
     group.add_argument("--max-annotations", type=int, default=d.max_annotations, help="cap per problem")
     group.add_argument("--max-annotation-chars", type=int, default=d.max_annotation_chars, help="longer: dropped")
     group.add_argument("--extract-attempts", type=int, default=d.extract_attempts, help="tries per trajectory")
-    group.add_argument("--extract-max-tokens", type=int, default=d.extract_max_tokens)
+    group.add_argument("--extract-max-tokens", type=int, default=d.extract_max_tokens, help="extraction max_tokens")
     group.add_argument(
         "--structured-output",
         choices=("json_schema", "guided_json", "json_object", "none"),

@@ -39,6 +39,11 @@ class _DefaultsMixin:
             return text
         return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"  # an option without help still shows its default
+        return super()._format_action(action)  # type: ignore[misc]
+
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         out = []
         for line in text.splitlines() or [""]:
