@@ -14,6 +14,7 @@ from .errors import CommandError
 COMMAND_MODULES = (
     "perception_r1.commands.score",
     "perception_r1.commands.tasks",
+    "perception_r1.commands.rollouts",
     "perception_r1.commands.data",
     "perception_r1.commands.annotate",
     "perception_r1.commands.judge",
