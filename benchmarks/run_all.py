@@ -23,6 +23,7 @@ BENCHMARKS = {
     "rule_scoring": ("bench_rule_scoring", "(a) rule scoring of a 4096-response GRPO-like batch"),
     "judge": ("bench_judge", "(b) judge path, N = 4096, K = 64, L = 0 / 50 ms"),
     "perception": ("bench_perception", "perception tasks"),
+    "score_memory": ("bench_score_memory", "peak memory of `score`, N = 10,000 and 200,000 rows"),
 }
 
 

@@ -146,7 +146,9 @@ def test_verl_dump_feeds_the_curriculum(run, tmp_path):
                "--output", str(rollouts), "--skip-unmatched")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "skipped 20 dump row(s)" in proc.stderr
-    assert cli("score", "--input", str(rollouts), "--output", str(scores), "--set", "coord_frame=absolute").returncode == 0
+    assert (
+        cli("score", "--input", str(rollouts), "--output", str(scores), "--set", "coord_frame=absolute").returncode == 0
+    )
     proc = cli("data", "curriculum", "--data", str(run["coco"]), "--rollouts", str(rollouts), "--scores", str(scores),
                "--output", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -13,7 +13,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "serve_judge.sh"
 
 
 def serve(**env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "JUDGE_")) and k not in ("PORT", "TP_SIZE")}
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "JUDGE_")) and k not in ("PORT", "TP_SIZE")
+    }
     return subprocess.run(
         ["bash", str(SCRIPT)], capture_output=True, text=True, env={**clean, "DRY_RUN": "1", **env}, timeout=60
     )

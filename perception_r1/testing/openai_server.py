@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each chat request")
     parser.add_argument(
+        "--reply", default=None, help="answer every chat request with this text (default: the substring judge)"
+    )
+    parser.add_argument(
         "--ready-file", default=None, help="write the base URL to this file once listening (removed on exit)"
     )
     parser.add_argument(
@@ -257,8 +260,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"openai_server: {args.wait} is not ready after {args.timeout:g} s (GET /models)", file=sys.stderr)
         return 1
+    responder: Responder = substring_judge if args.reply is None else (lambda request: args.reply)
     server = OpenAITestServer(
-        models=[args.model], api_key=args.api_key, latency_s=args.latency, port=args.port, record=False
+        models=[args.model],
+        responder=responder,
+        api_key=args.api_key,
+        latency_s=args.latency,
+        port=args.port,
+        record=False,
     )
     server.start()
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
