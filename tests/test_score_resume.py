@@ -173,3 +173,17 @@ def test_judge_failed_rows_are_asked_again_on_resume(tmp_path):
         assert server.request_count - asked == 6  # only the failed ones
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(got) == 10 and not any(r["judge_failed"] for r in got)
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_path, slow_judge):
+    import fcntl
+
+    src = write_rows(tmp_path / "rollouts.jsonl", rollouts(4))
+    out = tmp_path / "scores.jsonl"
+    interrupt(command(src, out, slow_judge), slow_judge, signal.SIGKILL, after=1)  # leaves a resume file
+    resume = tmp_path / "scores.jsonl.resume.jsonl"
+    with open(resume, "rb") as held:  # stands in for a first run still writing
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        second = run(command(src, out, slow_judge))
+    assert second.returncode == 2 and "in use by another" in second.stderr
+    assert run(command(src, out, slow_judge)).returncode == 0  # once it is free, the rerun resumes

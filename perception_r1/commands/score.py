@@ -162,12 +162,27 @@ class ResumeFile:
         self.resumed = 0
         if restart and path.exists():
             path.unlink()
-        if path.exists():
-            self._load(header)
-        else:
+        fresh = not path.exists()
+        if fresh:
             with atomic_writer(path) as handle:  # the header exists before any row does
                 handle.write(json.dumps(header, ensure_ascii=False) + "\n")
-        self._handle = open(path, "ab")
+        self._handle = open(path, "r+b")
+        try:
+            import fcntl
+
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no lock, as before
+            pass
+        except BlockingIOError:
+            self._handle.close()
+            raise CommandError(f"{path} is in use by another `perception-r1 score` run on the same output") from None
+        if not fresh:
+            try:
+                self._load(header)
+            except BaseException:
+                self._handle.close()
+                raise
+        self._handle.seek(0, os.SEEK_END)
         self._last_sync = time.monotonic()
 
     def _load(self, header: dict[str, Any]) -> None:
