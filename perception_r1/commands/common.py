@@ -21,8 +21,7 @@ from ..rewards.registry import parse_set_options
 
 
 class _DefaultsMixin:
-    """Every option's help ends with its default (unless the help already states one), and indented lines of
-    descriptions/epilogs keep their line breaks (tables of values), while plain paragraphs are wrapped."""
+    """Every option's help ends with its default, unless the help already states one."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -44,20 +43,33 @@ class _DefaultsMixin:
             action.help = "(default: %(default)s)"  # an option without help still shows its default
         return super()._format_action(action)  # type: ignore[misc]
 
+
+class _ParagraphMixin:
+    """Descriptions and epilogs: runs of plain lines are re-wrapped as one paragraph, indented lines (tables of
+    values) and blank lines are kept as written."""
+
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        out = []
-        for line in text.splitlines() or [""]:
+        out: list[str] = []
+        run: list[str] = []
+
+        def flush() -> None:
+            if run:
+                out.append(textwrap.fill(" ".join(" ".join(run).split()), width, initial_indent=indent,
+                                         subsequent_indent=indent))  # fmt: skip
+                run.clear()
+
+        for line in text.splitlines():
             if line.startswith("  ") or not line.strip():
-                out.append(indent + line)
+                flush()
+                out.append(indent + line if line.strip() else "")
             else:
-                out.append(
-                    textwrap.fill(" ".join(line.split()), width, initial_indent=indent, subsequent_indent=indent)
-                )
+                run.append(line)
+        flush()
         return "\n".join(out)
 
 
-class HelpFormatter(_DefaultsMixin, argparse.HelpFormatter):
-    """The formatter of every ``perception-r1`` parser (see :class:`_DefaultsMixin`)."""
+class HelpFormatter(_DefaultsMixin, _ParagraphMixin, argparse.HelpFormatter):
+    """The formatter of every ``perception-r1`` parser (see the two mixins)."""
 
 
 class Parser(argparse.ArgumentParser):
