@@ -127,3 +127,13 @@ def test_report_of_complete_runs_shows_coverage_and_needs_no_flag(shared_data, w
     assert code == 0
     md = (tmp_path / "r" / "report.md").read_text()
     assert "40/40" in md and "partial" not in md.lower()
+
+
+def test_report_reads_coverage_of_older_summaries(tmp_path):
+    """Summaries written before `answered` existed counted only answered items in `n`, plus `missing`."""
+    from perception_r1.eval.report import Coverage, load_run
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"benchmark": "mathvista", "accuracy": 0.6429, "n": 70, "correct": 45, "missing": 234}))
+    _, coverage = load_run([old])
+    assert coverage["mathvista"] == Coverage(answered=70, n=304, items=None) and coverage["mathvista"].partial
