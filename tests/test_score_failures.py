@@ -68,6 +68,8 @@ def test_an_all_failed_judge_run_exits_non_zero_with_the_reason(tmp_path, case):
     assert "--max-judge-failure-rate" in proc.stderr
     assert "right-key" not in proc.stderr and "wrong-key" not in proc.stderr
     assert not out.exists()
+    if case != "refuses":  # failed before scoring: nothing at all is left behind
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["rollouts.jsonl"]
 
 
 def test_the_failure_limit_is_an_option(tmp_path):

@@ -359,10 +359,10 @@ def run(args: argparse.Namespace) -> int:
             with atomic_writer(args.output):
                 pass
             return 0
+        _preflight(judge, scan, limit)  # before the resume file exists: a run that cannot start leaves nothing
         resume = ResumeFile(resume_path, resume_header(scan, scorer, judge_settings), scan.rows, args.restart)
         if resume.resumed:
             logger.info("resuming: %d of %d rows already scored in %s", resume.resumed, scan.rows, resume_path)
-        _preflight(judge, scan, limit)
         final = resume.final
 
         def pending() -> Iterator[tuple[int, ScoreRow]]:
@@ -378,8 +378,9 @@ def run(args: argparse.Namespace) -> int:
                     errors[scored.judge_error] += 1
                 bar.update(1)
 
-            try:
-                await scorer.score_stream(pending(), done)
+            try:  # no more lanes than rows left to score
+                window = min(scorer.default_window(), max(1, scan.rows - resume.resumed))
+                await scorer.score_stream(pending(), done, window=window)
             finally:
                 await scorer.aclose()
 
