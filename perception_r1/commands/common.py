@@ -81,6 +81,11 @@ class Parser(argparse.ArgumentParser):
             formatter_class = type(f"Defaults{formatter_class.__name__}", (_DefaultsMixin, formatter_class), {})
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
+    def format_help(self) -> str:
+        if callable(self.epilog):  # an epilog built only when help is shown (e.g. from the task registry)
+            self.epilog = self.epilog()
+        return super().format_help()
+
 
 def add_judge_options(parser: argparse.ArgumentParser) -> None:
     """``--judge-base-url`` etc., each falling back to the launcher's env vars."""

@@ -58,7 +58,7 @@ def register(subparsers: Any) -> None:
         description="Score rows {data_source, response, ground_truth, extra_info} into one JSON row each "
         "({score, <components>}), same order. Malformed input: exit 2, nothing written. Interrupted runs resume: "
         "rerun the same command and only the rows not yet done are scored (and judged).",
-        epilog=settings_epilog(),
+        epilog=settings_epilog,  # built when --help is shown (commands.common.Parser)
     )
     parser.add_argument("--input", required=True, help="rollouts JSONL")
     parser.add_argument("--output", required=True, help="scores JSONL (written atomically when every row is done)")
