@@ -15,6 +15,10 @@ Rules (the doc-test convention):
   each of its non-blank lines must appear in that block's stdout + stderr (whitespace-normalised, in order;
   ``...`` inside a line matches anything), so shown output cannot drift from the real one.
 
+Files run two at a time (``DOCTEST_JOBS``), so a block that starts a server takes a port no other doc uses
+(in use now: 8011 eval.md, 8765/8766 annotate_and_calibrate.md, 8771 README.md, 8772 training.md) and waits for it
+with ``python -m perception_r1.testing.openai_server --wait URL``.
+
 Run one file by hand: ``.test-venv/bin/python tests/test_docs.py docs/eval.md`` (prints each block's time).
 """
 
