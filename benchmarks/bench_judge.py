@@ -74,7 +74,9 @@ async def _bare(base_url: str, inp: str, concurrency: int) -> float:
 
 def _score_run(inp: Path, out: Path, base_url: str | None, concurrency: int) -> Timing:
     extra = ["--judge-base-url", base_url, "--judge-model", "judge", "--judge-max-concurrency", str(concurrency)]
-    return run_timed(score_command(inp, out, *(extra if base_url else [])), env=score_env())
+    # rules only: the annotated rows knowingly go without a judge (otherwise `score` refuses to run)
+    no_judge = ["--max-judge-failure-rate", "1"]
+    return run_timed(score_command(inp, out, *(extra if base_url else no_judge)), env=score_env())
 
 
 def _bare_run(inp: Path, base_url: str, concurrency: int) -> tuple[Timing, float]:

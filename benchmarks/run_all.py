@@ -24,6 +24,7 @@ BENCHMARKS = {
     "judge": ("bench_judge", "(b) judge path, N = 4096, K = 64, L = 0 / 50 ms"),
     "perception": ("bench_perception", "perception tasks"),
     "agreement": ("bench_reward_metric_agreement", "reward–metric agreement of the perception rewards (not timed)"),
+    "score_memory": ("bench_score_memory", "peak memory of `score`, N = 10,000 and 200,000 rows"),
 }
 
 

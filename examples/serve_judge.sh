@@ -12,8 +12,31 @@
 #   VLLM_SERVER_API_KEY [unset: no auth]      passed to vLLM through VLLM_API_KEY, never on the command line
 #   JUDGE_TP [2]  JUDGE_DP [1]                tensor / data parallel size (GPUs used = TP x DP)
 #   JUDGE_MAX_MODEL_LEN [16384]  JUDGE_GPU_MEMORY_UTILIZATION [0.90]  JUDGE_MAX_NUM_SEQS [256]
+#
+# A variable this script would otherwise ignore is an error, not a silent default: any JUDGE_* name not listed
+# here (e.g. JUDGE_PROT, JUDGE_TP_SIZE), and PORT / TP_SIZE when JUDGE_PORT / JUDGE_TP are not set (the spelling
+# of an older README). JUDGE_MAX_CONCURRENCY, JUDGE_TIMEOUT and JUDGE_MAX_RETRIES belong to the trainer's judge
+# client and are accepted (and ignored) here, so one shell can export both sides' settings.
 
 set -euo pipefail
+
+KNOWN_JUDGE_VARS=(JUDGE_MODEL JUDGE_HOST JUDGE_PORT JUDGE_TP JUDGE_DP JUDGE_MAX_MODEL_LEN JUDGE_GPU_MEMORY_UTILIZATION
+  JUDGE_MAX_NUM_SEQS JUDGE_MAX_CONCURRENCY JUDGE_TIMEOUT JUDGE_MAX_RETRIES)
+usage_names="JUDGE_MODEL, JUDGE_HOST, JUDGE_PORT, JUDGE_TP, JUDGE_DP, JUDGE_MAX_MODEL_LEN, JUDGE_GPU_MEMORY_UTILIZATION, JUDGE_MAX_NUM_SEQS"
+die() {
+  echo "serve_judge.sh: error: $*; this script reads ${usage_names} (see its header)" >&2
+  exit 2
+}
+for name in $(compgen -e); do  # exported variable names
+  [[ "${name}" == JUDGE_* ]] || continue
+  [[ " ${KNOWN_JUDGE_VARS[*]} " == *" ${name} "* ]] || die "unknown variable ${name}"
+done
+if [[ -n "${PORT:-}" && -z "${JUDGE_PORT:-}" ]]; then
+  die "PORT=${PORT} is set but this script reads JUDGE_PORT (set JUDGE_PORT=${PORT})"
+fi
+if [[ -n "${TP_SIZE:-}" && -z "${JUDGE_TP:-}" ]]; then
+  die "TP_SIZE=${TP_SIZE} is set but this script reads JUDGE_TP (set JUDGE_TP=${TP_SIZE})"
+fi
 
 JUDGE_MODEL="${JUDGE_MODEL:-Qwen/Qwen2.5-32B-Instruct}"
 VLLM_MODEL_NAME="${VLLM_MODEL_NAME:-$JUDGE_MODEL}"

@@ -13,6 +13,8 @@ from .errors import CommandError
 # subcommand module -> registered lazily so `perception-r1 score` never imports eval/plotting code.
 COMMAND_MODULES = (
     "perception_r1.commands.score",
+    "perception_r1.commands.tasks",
+    "perception_r1.commands.rollouts",
     "perception_r1.commands.data",
     "perception_r1.commands.annotate",
     "perception_r1.commands.judge",
@@ -21,7 +23,9 @@ COMMAND_MODULES = (
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="perception-r1", description=__doc__)
+    from .commands.common import Parser
+
+    parser = Parser(prog="perception-r1", description=__doc__)
     parser.add_argument("--version", action="version", version=f"perception-r1 {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

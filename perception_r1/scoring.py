@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 REDETECT_S = 30.0
 """Seconds before asking again whether the judge supports structured outputs, when it could not be asked."""
+STREAM_WINDOW = 4096
+"""Rows in flight when a stream is scored without a judge (bounded memory; enough to keep the workers busy)."""
 
 
 @dataclass
@@ -44,13 +46,21 @@ class ScoreRow:
 
 @dataclass
 class Scored:
-    """The result for one row: ``values`` is the output row (``score`` first, then the task's components);
-    ``judge`` is the judge call's verdict and cost (``None`` when the row asked no judge)."""
+    """The result for one row: ``values`` is the output row (``score`` first, then the task's components).
+
+    ``judge``: the judge call's verdict and cost (``None`` when the row asked no judge); ``judged``: the row asked
+    (or needed) the judge; ``judge_error``: why that failed, when it did; ``isolated_error``: the isolated check
+    crashed (a dead worker, e.g. on Ctrl-C), so the row's accuracy is the check's default rather than a verdict
+    (resumable callers score such a row again).
+    """
 
     values: dict[str, float | int | None]
     judge_latency_s: float | None = None
     isolated_timed_out: bool = False
     judge: VisualVerdict | None = None
+    judged: bool = False
+    judge_error: str | None = None
+    isolated_error: bool = False
 
 
 class _MemoEntry:
@@ -144,16 +154,17 @@ class RewardScorer:
         validate_row(task, row.ground_truth, row.extra_info or {}, self.settings_for(task))
         return task
 
-    async def _isolated(self, task: Task, settings: Any, row: ScoreRow) -> tuple[float, bool]:
+    async def _isolated(self, task: Task, settings: Any, row: ScoreRow) -> tuple[float, str | None]:
+        """``(value, problem)``; ``problem`` is ``None``, ``"timeout"`` or ``"error"``."""
         check = task.isolated
         assert check is not None
         key = check.key(row.response, row.ground_truth, settings)
         if key is None:
-            return check.default, False
+            return check.default, None
         if check.shortcut is not None:
             verdict = check.shortcut(key)
             if verdict is not None:
-                return float(verdict), False
+                return float(verdict), None
         memo_key = (task.data_source, key)
         entry = self._memo.get(memo_key)
         if entry is None:
@@ -169,7 +180,7 @@ class RewardScorer:
             self.isolated_errors += 1
             if self.isolated_errors in (1, 10, 100, 1000):
                 logger.warning("isolated check %s failed (%d so far): %s", check.component, self.isolated_errors, exc)
-            return check.default, False
+            return check.default, "error"
         if value is TIMED_OUT:
             self.isolated_timeouts += 1
             logger.warning(
@@ -178,8 +189,8 @@ class RewardScorer:
                 self.isolated_timeouts,
                 check.default,
             )
-            return check.default, True
-        return float(value), False
+            return check.default, "timeout"
+        return float(value), None
 
     # ------------------------------------------------------------- scoring
 
@@ -196,13 +207,15 @@ class RewardScorer:
             components = {}
 
         annotations = task.annotations(extra_info) if task.annotations is not None else None
-        timed_out = False
-        latency = None
+        problem = None
+        latency = error = None
         verdict: VisualVerdict | None = None
-        if task.annotations is not None and annotations:
+        judged_row = bool(task.annotations is not None and annotations)
+        if judged_row:
+            assert annotations is not None
             prompt = getattr(settings, "judge_prompt", "paper")
             if task.isolated is not None:  # both I/O-bound steps at once
-                (accuracy, timed_out), verdict = await asyncio.gather(
+                (accuracy, problem), verdict = await asyncio.gather(
                     self._isolated(task, settings, row), self._judge(annotations, response, prompt)
                 )
                 components[task.isolated.component] = accuracy
@@ -212,9 +225,10 @@ class RewardScorer:
             components["judge_failed"] = int(verdict.failed)
             components["judge_truncated"] = int(verdict.truncated)
             latency = verdict.latency_s
+            error = (verdict.error or "judge call failed") if verdict.failed else None
         else:
             if task.isolated is not None:  # awaited directly: no task objects on the common no-judge path
-                components[task.isolated.component], timed_out = await self._isolated(task, settings, row)
+                components[task.isolated.component], problem = await self._isolated(task, settings, row)
             if task.annotations is not None:
                 components["visual"], components["judge_failed"], components["judge_truncated"] = None, 0, 0
 
@@ -223,7 +237,15 @@ class RewardScorer:
             value = components.get(key, 0.0)
             values[key] = _clean(value)
         values["score"] = _clean(task.combine(values, settings)) or 0.0
-        return Scored(values=values, judge_latency_s=latency, isolated_timed_out=timed_out, judge=verdict)
+        return Scored(
+            values=values,
+            judge_latency_s=latency,
+            isolated_timed_out=problem == "timeout",
+            judge=verdict,
+            judged=judged_row,
+            judge_error=error,
+            isolated_error=problem == "error",
+        )
 
     async def constrained(self) -> bool:
         """Whether this scorer's judge replies are constrained: detected on the first judged row and cached; a
@@ -250,7 +272,7 @@ class RewardScorer:
                 logger.warning("rows have visual annotations but no judge is configured: visual = 0, judge_failed = 1")
                 self._warned_no_judge = True
             self.judge_failures += 1
-            return VisualVerdict([0] * len(annotations), failed=True, latency_s=None, error="no judge configured")
+            return VisualVerdict([0] * len(annotations), failed=True, latency_s=None, error="no judge is configured")
         self.judge_calls += 1
         verdict = await judge_visual(
             self.judge, annotations, response, prompt=prompt, constrained=await self.constrained()
@@ -258,6 +280,34 @@ class RewardScorer:
         if verdict.failed:
             self.judge_failures += 1
         return verdict
+
+    def default_window(self, rows: int | None = None) -> int:
+        """Rows in flight: 4x the judge's concurrency (at least 256) with a judge; without one, every row of a
+        list (``rows``) or :data:`STREAM_WINDOW` for a stream."""
+        if self.judge is not None:
+            return max(256, 4 * self.judge.settings.max_concurrency)
+        return rows if rows is not None else STREAM_WINDOW
+
+    async def score_stream(
+        self,
+        rows: Iterable[tuple[Hashable, ScoreRow]],
+        on_scored: Callable[[Hashable, Scored], None],
+        window: int | None = None,
+    ) -> None:
+        """Score ``(key, row)`` pairs pulled lazily from ``rows``; ``on_scored(key, result)`` as each finishes.
+
+        At most ``window`` rows are in flight (default :meth:`default_window`), so memory stays bounded however long
+        the stream is: a caller that writes each result out (``perception-r1 score``) never holds the whole file.
+        Results arrive in completion order; the key says which row each one is.
+        """
+        window = window or self.default_window()
+        pending = iter(rows)
+
+        async def lane() -> None:
+            for key, row in pending:  # lanes share one iterator: each row is taken once
+                on_scored(key, await self.score(row))
+
+        await asyncio.gather(*(lane() for _ in range(max(1, window))))
 
     async def score_many(
         self, rows: Iterable[ScoreRow], on_done: Callable[[int], None] | None = None, window: int | None = None
@@ -271,17 +321,14 @@ class RewardScorer:
         """
         rows = list(rows)
         results: list[Scored | None] = [None] * len(rows)
-        if window is None:
-            window = max(256, 4 * self.judge.settings.max_concurrency) if self.judge is not None else len(rows)
-        pending = iter(enumerate(rows))
 
-        async def lane() -> None:
-            for index, row in pending:  # lanes share one iterator: each row is taken once
-                results[index] = await self.score(row)
-                if on_done is not None:
-                    on_done(1)
+        def put(index: Hashable, result: Scored) -> None:
+            results[index] = result  # type: ignore[index]
+            if on_done is not None:
+                on_done(1)
 
-        await asyncio.gather(*(lane() for _ in range(max(1, min(window, len(rows))))))
+        window = min(window or self.default_window(len(rows)), len(rows))
+        await self.score_stream(enumerate(rows), put, window=max(1, window))
         if self.judge_failures:
             logger.warning(
                 "judge failed for %d of %d judged rows (visual = 0, judge_failed = 1)",

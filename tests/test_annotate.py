@@ -407,3 +407,70 @@ def test_store_round_trip(tmp_path):
     bad.write_text("not a database at all" * 100)
     with pytest.raises(ValueError, match="not a usable SQLite database"):
         StageStore(bad)
+
+
+def test_invalid_stored_replies_are_asked_again_after_the_server_is_fixed(shared_data, tmp_path, capsys, no_progress):
+    """A misconfigured server answers empty (or answerless) trajectories and unparseable extractions; after the fix,
+    the rerun must ask again instead of reusing the stored bad replies forever."""
+    ids = _image_ids(shared_data)
+
+    def broken(request: dict) -> str:
+        if _is_extract(request):
+            return "{not json"
+        pid = ids[hashlib.sha256(_image_bytes(request)[0]).hexdigest()]
+        return "" if pid == "11" else "I cannot see an image."  # no final answer in either
+
+    out = tmp_path / "out.jsonl"
+    with OpenAITestServer(models=["vlm", "llm"], responder=broken) as server:
+        assert main(_args(shared_data, server, out, "--limit", "2", "--json")) == 0
+        first = json.loads(capsys.readouterr().out)
+    assert first["status"] == {"skipped_input": 0, "no_correct": 2} and _read_jsonl(out) == []
+
+    scripted = Scripted(shared_data)
+    with OpenAITestServer(models=["vlm", "llm"], responder=scripted) as server:
+        assert main(_args(shared_data, server, out, "--limit", "2", "--json")) == 0
+        second = json.loads(capsys.readouterr().out)
+    assert second["stages"]["distill"]["calls"] == 4 and second["stages"]["distill"]["cached"] == 0
+    assert second["stages"]["distill"]["refreshed"] == 4  # stored, but invalid: asked again
+    assert second["status"] == {"skipped_input": 0, "ok": 2}
+    assert [r["visual_annotations"] for r in _read_jsonl(out)] == [
+        EXPECTED_ANNOTATIONS["11"],
+        EXPECTED_ANNOTATIONS["12"],
+    ]
+
+    # an unparseable extraction reply stored by a broken extractor is not reused either
+    out2 = tmp_path / "out2.jsonl"
+    store = ["--store", str(tmp_path / "shared.sqlite")]
+    with OpenAITestServer(models=["vlm", "llm"], responder=Scripted(shared_data, lambda r, f: "{not json")) as server:
+        assert main(_args(shared_data, server, out2, "--limit", "1", "--json", *store)) == 0
+        assert json.loads(capsys.readouterr().out)["status"] == {"skipped_input": 0, "no_annotations": 1}
+    with OpenAITestServer(models=["vlm", "llm"], responder=Scripted(shared_data)) as server:
+        assert main(_args(shared_data, server, out2, "--limit", "1", "--json", *store)) == 0
+        again = json.loads(capsys.readouterr().out)
+    assert again["stages"]["distill"]["cached"] == 2 and again["stages"]["distill"]["calls"] == 0  # valid: reused
+    assert again["stages"]["extract"]["calls"] == 1 and again["stages"]["extract"]["cached"] == 0
+    assert again["status"] == {"skipped_input": 0, "ok": 1}
+
+
+def test_refresh_asks_again_for_stored_valid_replies(shared_data, tmp_path, capsys, no_progress):
+    """A wrong-model server gives readable but wrong answers (valid, so reused); --refresh re-asks them."""
+    ids = _image_ids(shared_data)
+
+    def wrong(request: dict) -> str:
+        if _is_extract(request):
+            return json.dumps({"annotations": _facts_in(request)})
+        return _trajectory(ids[hashlib.sha256(_image_bytes(request)[0]).hexdigest()], correct=False)
+
+    out = tmp_path / "out.jsonl"
+    with OpenAITestServer(models=["vlm", "llm"], responder=wrong) as server:
+        assert main(_args(shared_data, server, out, "--limit", "2", "--json")) == 0
+        assert json.loads(capsys.readouterr().out)["status"] == {"skipped_input": 0, "no_correct": 2}
+    with OpenAITestServer(models=["vlm", "llm"], responder=Scripted(shared_data)) as server:
+        assert main(_args(shared_data, server, out, "--limit", "2", "--json")) == 0
+        reused = json.loads(capsys.readouterr().out)
+        assert reused["stages"]["distill"]["cached"] == 4 and server.request_count == 0
+        assert main(_args(shared_data, server, out, "--limit", "2", "--json", "--refresh")) == 0
+        refreshed = json.loads(capsys.readouterr().out)
+        assert server.request_count == 4 + 2
+    assert refreshed["stages"]["distill"]["calls"] == 4 and refreshed["stages"]["distill"]["refreshed"] == 4
+    assert refreshed["status"] == {"skipped_input": 0, "ok": 2}

@@ -214,7 +214,7 @@ def test_summarize_reports_paths_and_breakdowns(mathvista: list[BenchmarkItem]) 
 
     extractions = {k: rule({i.id: i for i in items}[k], v) for k, v in responses.items()}
     summary, correct = summarize("mathvista", items, extractions)
-    assert summary["n"] == 4 and summary["missing"] == 2
+    assert summary["n"] == 6 and summary["answered"] == 4 and summary["missing"] == 2  # missing items are misses
     assert summary["extraction"]["rule"] == 3 and summary["extraction"]["none"] == 1
     assert sum(correct.values()) == summary["correct"]
     assert "question_type" in summary["breakdowns"] and "skills" in summary["breakdowns"]

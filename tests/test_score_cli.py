@@ -138,7 +138,10 @@ def test_judge_outage_writes_every_row_with_judge_failed(tmp_path):
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    proc, out = score(tmp_path, ROWS, "--judge-base-url", dead, "--judge-max-retries", "1", "--judge-timeout", "2")
+    args = ("--judge-base-url", dead, "--judge-max-retries", "1", "--judge-timeout", "2")
+    proc, out = score(tmp_path, ROWS, *args)
+    assert proc.returncode == 1 and "unreachable" in proc.stderr and not out.exists()  # fails fast by default
+    proc, out = score(tmp_path, ROWS, *args, "--max-judge-failure-rate", "1")  # knowingly without the judge
     assert proc.returncode == 0, proc.stderr
     assert "unreachable" in proc.stderr and "judge_failed" in proc.stderr  # the preflight warning, then counts
     got = read(out)
@@ -164,7 +167,7 @@ def test_set_overrides_are_validated_and_applied(tmp_path):
 
 def test_api_key_never_reaches_logs_or_files(tmp_path, judge_server):
     secret = "sk-do-not-leak-7c1f0e"
-    # a wrong key: the preflight fails (HTTP 401) and is logged, every judged row fails and is counted
+    # a wrong key: the preflight fails (HTTP 401) and says so; scoring anyway, every judged row fails and is counted
     proc, out = score(
         tmp_path,
         ROWS,
@@ -175,9 +178,22 @@ def test_api_key_never_reaches_logs_or_files(tmp_path, judge_server):
         "5",
         env={"VLLM_SERVER_API_KEY": secret},
     )
+    assert proc.returncode == 1 and "401" in proc.stderr and not out.exists()
+    leaks = [proc.stdout, proc.stderr]
+    proc, out = score(
+        tmp_path,
+        ROWS,
+        *judge_args(judge_server),
+        "--judge-max-retries",
+        "0",
+        "--max-judge-failure-rate",
+        "1",
+        env={"VLLM_SERVER_API_KEY": secret},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "401" in proc.stderr
     assert [r["judge_failed"] for r in read(out)] == [1, 0, 1, 0]
+    assert not [text for text in leaks if secret in text]
     outputs = [proc.stdout, proc.stderr] + [p.read_text() for p in tmp_path.iterdir()]
     assert not [text for text in outputs if secret in text]
     # with the right key given on the command line and debug logging on, it does not leak either

@@ -8,7 +8,9 @@
 
 Every paid call goes through the one :class:`~perception_r1.judge.client.JudgeClient` (retries, timeouts,
 bounded concurrency) and its outcome is committed to a :class:`~.store.StageStore` before the next step, so a
-killed run resumes without repeating it. Failed calls are not stored: a rerun retries them.
+killed run resumes without repeating it. Failed calls are not stored, and a stored reply is reused only while it
+is valid (a trajectory with a readable final answer, an extraction that parses), so a rerun after fixing a
+misconfigured server asks again instead of reusing its empty or garbled replies; ``refresh`` re-asks every call.
 """
 
 from __future__ import annotations
@@ -168,6 +170,8 @@ class StageUsage:
 
     calls: int = 0
     cached: int = 0
+    refreshed: int = 0
+    """Calls made again although the store held a reply: an invalid one, or any with ``refresh``."""
     failed: int = 0
     invalid: int = 0
     prompt_tokens: int = 0
@@ -199,24 +203,46 @@ class Annotator:
     """Runs the pipeline over problems with two clients (which may point at the same endpoint) and a store."""
 
     def __init__(
-        self, distill: JudgeClient, extract: JudgeClient, store: StageStore, config: AnnotateConfig | None = None
+        self,
+        distill: JudgeClient,
+        extract: JudgeClient,
+        store: StageStore,
+        config: AnnotateConfig | None = None,
+        refresh: bool = False,
     ) -> None:
         self.distill = distill
         self.extract = extract
         self.store = store
         self.config = config or AnnotateConfig()
+        self.refresh = refresh
         self.usage = {stage: StageUsage() for stage in STAGES}
 
     # ------------------------------------------------------------------ paid calls through the store
-    async def _call(self, stage: str, item: str, fp: str, client: JudgeClient, messages: list, params: dict) -> Any:
-        """The stored reply text for ``(stage, item, fp)``, or a fresh call stored at once; ``None`` on failure."""
+    async def _call(
+        self,
+        stage: str,
+        item: str,
+        fp: str,
+        client: JudgeClient,
+        messages: list,
+        params: dict,
+        valid: Callable[[str], bool] | None = None,
+    ) -> Any:
+        """The stored reply text for ``(stage, item, fp)``, or a fresh call stored at once; ``None`` on failure.
+
+        A stored reply is reused only when ``valid(text)`` holds (and not with ``refresh``): a reply that was
+        useless when it arrived (empty, no answer, unparseable) is asked again on every rerun.
+        """
         usage = self.usage[stage]
         stored = self.store.get(stage, item, fp)
         if stored is not None:
-            usage.cached += 1
-            usage.cached_prompt_tokens += stored.prompt_tokens
-            usage.cached_completion_tokens += stored.completion_tokens
-            return stored.value["text"]
+            text = stored.value.get("text") if isinstance(stored.value, dict) else None
+            if not self.refresh and isinstance(text, str) and (valid is None or valid(text)):
+                usage.cached += 1
+                usage.cached_prompt_tokens += stored.prompt_tokens
+                usage.cached_completion_tokens += stored.completion_tokens
+                return text
+            usage.refreshed += 1
         try:
             result = await client.chat(messages, **params)
         except JudgeError as exc:
@@ -254,9 +280,16 @@ class Annotator:
             if cfg.seed is not None:
                 params["seed"] = cfg.seed + sample
             fp = fingerprint(base_fp, params.get("seed"), sample)
-            return await self._call("distill", f"{problem.id}#{sample}", fp, self.distill, messages, params)
+            return await self._call(
+                "distill", f"{problem.id}#{sample}", fp, self.distill, messages, params, valid=self.valid_trajectory
+            )
 
         return list(await asyncio.gather(*(one(s) for s in range(cfg.samples))))
+
+    @classmethod
+    def valid_trajectory(cls, trajectory: str) -> bool:
+        """A distillation reply worth keeping: it has a readable final answer (right or wrong)."""
+        return bool(trajectory.strip()) and cls.final_answer(trajectory) is not None
 
     @staticmethod
     def final_answer(trajectory: str) -> str | None:
@@ -293,7 +326,9 @@ class Annotator:
         reason = ""
         for attempt in range(cfg.extract_attempts):
             fp = fingerprint(self.extract.settings.model, messages, params)
-            text = await self._call("extract", f"{problem.id}#{sample}", fp, self.extract, messages, params)
+            text = await self._call(
+                "extract", f"{problem.id}#{sample}", fp, self.extract, messages, params, valid=self._valid_extraction
+            )
             if text is None:
                 return None, "extract call failed"
             try:
@@ -312,6 +347,13 @@ class Annotator:
                     },
                 ]
         return None, reason
+
+    def _valid_extraction(self, text: str) -> bool:
+        try:
+            prompts.parse_annotations(text, self.config.max_annotations, self.config.max_annotation_chars)
+        except ValueError:
+            return False
+        return True
 
     async def run_problem(self, problem: Problem) -> ProblemResult:
         """All stages for one problem (never raises on model output or endpoint failure)."""

@@ -57,6 +57,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--report", help="per-row report JSONL (default: OUTPUT.report.jsonl)")
     parser.add_argument("--image-root", help="folder relative image paths are resolved against (default: input's)")
     parser.add_argument("--limit", type=int, help="only the first N input rows (a quick look)")
+    parser.add_argument(
+        "--refresh",
+        action="store_true",
+        help="ask every call again, even those with a valid stored reply (invalid ones are always asked again)",
+    )
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     d = AnnotateConfig()
     group = parser.add_argument_group("pipeline")
@@ -70,7 +75,7 @@ def register(subparsers: Any) -> None:
     group.add_argument("--max-annotations", type=int, default=d.max_annotations, help="cap per problem")
     group.add_argument("--max-annotation-chars", type=int, default=d.max_annotation_chars, help="longer: dropped")
     group.add_argument("--extract-attempts", type=int, default=d.extract_attempts, help="tries per trajectory")
-    group.add_argument("--extract-max-tokens", type=int, default=d.extract_max_tokens)
+    group.add_argument("--extract-max-tokens", type=int, default=d.extract_max_tokens, help="extraction max_tokens")
     group.add_argument(
         "--structured-output",
         choices=("json_schema", "guided_json", "json_object", "none"),
@@ -136,6 +141,7 @@ def summarize(
         stages[stage] = {
             "calls": u.calls,
             "cached": u.cached,
+            "refreshed": u.refreshed,
             "failed": u.failed,
             "invalid_replies": u.invalid,
             "prompt_tokens": u.prompt_tokens,
@@ -215,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
                 await extract.aclose()
 
     with store:
-        annotator = Annotator(distill, extract, store, config)
+        annotator = Annotator(distill, extract, store, config, refresh=args.refresh)
         with progress(len(problems), "annotating", unit="problem") as bar:
             results = asyncio.run(go(bar))
     write_jsonl_atomic(args.output, (r.row for r in results if r.row is not None))
@@ -261,7 +267,8 @@ def _human(summary: dict[str, Any]) -> str:
     ]
     for stage, s in summary["stages"].items():
         lines.append(
-            f"{stage}: {s['calls']} calls ({s['cached']} reused, {s['failed']} failed), "
+            f"{stage}: {s['calls']} calls ({s['cached']} reused, {s['refreshed']} stored asked again, "
+            f"{s['failed']} failed), "
             f"{s['prompt_tokens']} prompt + {s['completion_tokens']} completion tokens, ${s['cost_usd']:.4f}"
         )
     return "\n".join(lines)

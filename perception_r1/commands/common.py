@@ -1,4 +1,5 @@
-"""Helpers shared by CLI subcommands: judge options, ``--set``, JSONL I/O with atomic writes, progress bars."""
+"""Helpers shared by CLI subcommands: the help formatter, judge options, ``--set``, JSONL I/O with atomic writes,
+progress bars."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +18,73 @@ from ..errors import CommandError
 from ..jsonl import iter_jsonl
 from ..judge.client import JudgeSettings
 from ..rewards.registry import parse_set_options
+
+
+class _DefaultsMixin:
+    """Every option's help ends with its default, unless the help already states one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or "default" in text.lower()
+            or not action.option_strings
+            or default is None
+            or default is False
+            or default == []
+            or default is argparse.SUPPRESS
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"  # an option without help still shows its default
+        return super()._format_action(action)  # type: ignore[misc]
+
+
+class _ParagraphMixin:
+    """Descriptions and epilogs: runs of plain lines are re-wrapped as one paragraph, indented lines (tables of
+    values) and blank lines are kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out: list[str] = []
+        run: list[str] = []
+
+        def flush() -> None:
+            if run:
+                out.append(textwrap.fill(" ".join(" ".join(run).split()), width, initial_indent=indent,
+                                         subsequent_indent=indent))  # fmt: skip
+                run.clear()
+
+        for line in text.splitlines():
+            if line.startswith("  ") or not line.strip():
+                flush()
+                out.append(indent + line if line.strip() else "")
+            else:
+                run.append(line)
+        flush()
+        return "\n".join(out)
+
+
+class HelpFormatter(_DefaultsMixin, _ParagraphMixin, argparse.HelpFormatter):
+    """The formatter of every ``perception-r1`` parser (see the two mixins)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose help always shows defaults; sub-parsers inherit it (argparse creates them with the
+    parent's class), and a parser asking for another formatter gets that formatter with defaults mixed in."""
+
+    def __init__(self, *args: Any, formatter_class: type = HelpFormatter, **kwargs: Any) -> None:
+        if not issubclass(formatter_class, _DefaultsMixin):
+            formatter_class = type(f"Defaults{formatter_class.__name__}", (_DefaultsMixin, formatter_class), {})
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def format_help(self) -> str:
+        if callable(self.epilog):  # an epilog built only when help is shown (e.g. from the task registry)
+            self.epilog = self.epilog()
+        return super().format_help()
 
 
 def add_judge_options(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +170,7 @@ def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -> Non
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def progress(total: int | None, desc: str, unit: str = "row") -> Any:
+def progress(total: int | None, desc: str, unit: str = "row", initial: int = 0) -> Any:
     """A tqdm bar on stderr (rate and ETA); disabled when ``PERCEPTION_R1_NO_PROGRESS=1``."""
     from tqdm import tqdm
 
@@ -109,6 +178,7 @@ def progress(total: int | None, desc: str, unit: str = "row") -> Any:
         total=total,
         desc=desc,
         unit=unit,
+        initial=initial,
         file=sys.stderr,
         dynamic_ncols=True,
         disable=os.environ.get("PERCEPTION_R1_NO_PROGRESS") == "1",

@@ -52,35 +52,37 @@ def register(subparsers: Any) -> None:
     )
     _add_data_options(run_parser)
     run_parser.add_argument("--output", required=True, help="responses JSONL (appended; resumes)")
-    run_parser.add_argument("--engine", choices=("server", "vllm"), default="server", help="default: server")
+    run_parser.add_argument(
+        "--engine", choices=("server", "vllm"), default="server", help="a served checkpoint, or vLLM offline (GPU)"
+    )
     server = run_parser.add_argument_group(
         f"server engine (env-var fallbacks: {ENV_EVAL_BASE_URL}, {ENV_EVAL_MODEL}, {ENV_EVAL_API_KEY})"
     )
     server.add_argument("--base-url", help="OpenAI-compatible base URL(s) of the served checkpoint, comma-separated")
     server.add_argument("--model", help="served model name (server) or model path (vllm)")
     server.add_argument("--api-key", help=f"API key (prefer the {ENV_EVAL_API_KEY} env var: argv is visible to ps)")
-    server.add_argument("--max-concurrency", type=int, default=32, help="requests in flight (default 32)")
-    server.add_argument("--timeout", type=float, default=600.0, help="per-request timeout, seconds (default 600)")
-    server.add_argument("--max-retries", type=int, default=3, help="retries after the first attempt (default 3)")
+    server.add_argument("--max-concurrency", type=int, default=32, help="requests in flight")
+    server.add_argument("--timeout", type=float, default=600.0, help="per-request timeout, seconds")
+    server.add_argument("--max-retries", type=int, default=3, help="retries after the first attempt")
     server.add_argument(
-        "--max-consecutive-failures", type=int, default=20, help="stop after this many failures in a row (default 20)"
+        "--max-consecutive-failures", type=int, default=20, help="stop after this many failures in a row"
     )
     offline = run_parser.add_argument_group("vllm engine")
-    offline.add_argument("--batch-size", type=int, default=64, help="prompts per LLM.chat call (default 64)")
-    offline.add_argument("--tensor-parallel-size", type=int, default=1)
-    offline.add_argument("--max-model-len", type=int, default=None)
+    offline.add_argument("--batch-size", type=int, default=64, help="prompts per LLM.chat call")
+    offline.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per model replica")
+    offline.add_argument("--max-model-len", type=int, default=None, help="vLLM max_model_len (default: the model's)")
     sampling = run_parser.add_argument_group("sampling (greedy by default)")
-    sampling.add_argument("--temperature", type=float, default=0.0)
-    sampling.add_argument("--top-p", type=float, default=1.0)
-    sampling.add_argument("--max-tokens", type=int, default=4096)
-    sampling.add_argument("--seed", type=int, default=None)
+    sampling.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    sampling.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling top_p")
+    sampling.add_argument("--max-tokens", type=int, default=4096, help="max_tokens per response")
+    sampling.add_argument("--seed", type=int, default=None, help="sampling seed (default: none sent)")
     sampling.add_argument(
         "--sampling-extra", nargs="+", default=[], metavar="KEY=VALUE", help="extra sampling params, e.g. top_k=20"
     )
     prompt = run_parser.add_argument_group("prompt")
     prompt.add_argument("--template", default=None, help="prompt template with {question} (default: think/answer)")
     prompt.add_argument("--template-file", default=None, help="read the template from a file")
-    prompt.add_argument("--system-prompt", default=None)
+    prompt.add_argument("--system-prompt", default=None, help="system message (default: none)")
     run_parser.set_defaults(func=run_command)
 
     score_parser = subparsers.add_parser(
@@ -287,6 +289,12 @@ def score_command(args: argparse.Namespace) -> int:
         print(json.dumps(summary, ensure_ascii=False))
     else:
         print(format_summary(summary))
+    if summary.get("missing"):
+        print(
+            f"warning: {summary['missing']} of {summary['n']} items have no prediction in {args.predictions}; "
+            "they count as wrong (finish them with `eval run`: it resumes)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -319,17 +327,31 @@ def score_file(
     return summary, rows
 
 
+COVERAGE_KEYS = ("n", "answered", "missing", "coverage")
+
+
+def coverage_text(summary: dict[str, Any]) -> str:
+    """``coverage 70/304`` (answered items / benchmark items) for a summary line."""
+    return f"coverage {summary.get('answered', summary.get('n', 0))}/{summary.get('n', 0)}"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-    """A short human-readable summary: accuracy, extraction paths, and We-Math's metrics when present."""
+    """A short human-readable summary: accuracy over every item, coverage, extraction paths, We-Math's metrics."""
     if "extraction" not in summary:  # a perception benchmark: its metrics as they are
-        shown = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        return f"{summary['benchmark']} ({summary.get('checkpoint', '')}): " + ", ".join(
-            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()
+        shown = {
+            k: v
+            for k, v in summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in COVERAGE_KEYS
+        }
+        return (
+            f"{summary['benchmark']} ({summary.get('checkpoint', '')}): "
+            + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+            + f", {coverage_text(summary)}"
         )
     ex = summary["extraction"]
     lines = [
         f"{summary['benchmark']} ({summary.get('checkpoint', '')}): accuracy {summary['accuracy']:.4f} "
-        f"({summary['correct']}/{summary['n']}), {summary['missing']} item(s) without a prediction",
+        f"({summary['correct']}/{summary['n']}), {coverage_text(summary)}",
         f"answers read by rules {ex['rule']}, by the judge {ex['judge']}, unreadable {ex['none']}",
     ]
     wemath = summary.get("wemath")

@@ -64,6 +64,12 @@ def register(subparsers: Any) -> None:
     )
     rep.add_argument("--metric", action="append", default=[], help="metric names for the table/plots (repeatable)")
     rep.add_argument("--title", default="Checkpoint comparison")
+    rep.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="compare runs that are partial (items without a prediction) or cover different item sets; "
+        "the report marks them (default: refuse)",
+    )
     rep.add_argument("--out", required=True, help="output folder")
     rep.set_defaults(func=_run_report)
 
@@ -111,7 +117,7 @@ def _split_labelled(value: str, option: str) -> tuple[str, str]:
 def _run_report(args: argparse.Namespace) -> int:
     import re
 
-    from .report import DEFAULT_TRAIN_PATTERN, build_report, load_metrics, read_training_log
+    from .report import DEFAULT_TRAIN_PATTERN, build_report, load_run, read_training_log
 
     pattern = args.train_metric or DEFAULT_TRAIN_PATTERN
     try:
@@ -120,9 +126,11 @@ def _run_report(args: argparse.Namespace) -> int:
         raise CommandError(f"--train-metric {pattern!r}: invalid regex ({exc})") from None
     try:
         runs = []
+        coverage = {}
         for value in args.run:
             label, paths = _split_labelled(value, "--run")
-            runs.append((label, load_metrics(paths.split(","))))
+            metrics, coverage[label] = load_run(paths.split(","))
+            runs.append((label, metrics))
         logs = []
         for value in args.train_log:
             label, path = _split_labelled(value, "--train-log")
@@ -135,6 +143,8 @@ def _run_report(args: argparse.Namespace) -> int:
             metrics=args.metric,
             train_pattern=pattern,
             title=args.title,
+            coverage=coverage,
+            allow_partial=args.allow_partial,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

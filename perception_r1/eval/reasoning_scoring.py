@@ -20,6 +20,7 @@ similar option or a random one); MathVista floats compare by value after roundin
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import math
 import re
@@ -198,21 +199,46 @@ def _ratio(num: int, den: int) -> float:
     return num / den if den else 0.0
 
 
+def coverage(items: Iterable[BenchmarkItem], answered: Iterable[str]) -> dict[str, Any]:
+    """How much of the benchmark a predictions file covers: the fields every eval summary carries.
+
+    ``n`` is the number of benchmark items (the denominator of every metric: an item without a prediction is a
+    miss), ``answered`` how many have a prediction, ``missing`` the rest, ``coverage`` ``answered / n``, and
+    ``items_sha256`` a digest of the sorted item ids so ``eval report`` can tell two item sets apart.
+
+    >>> from perception_r1.eval.benchmarks.base import BenchmarkItem as B
+    >>> items = [B(id=str(i), benchmark="x", prompt="q", answer="1", answer_type="number") for i in range(4)]
+    >>> c = coverage(items, ["0", "2"]); (c["n"], c["answered"], c["missing"], c["coverage"])
+    (4, 2, 2, 0.5)
+    """
+    ids = [item.id for item in items]
+    done = set(answered)
+    k = sum(1 for i in ids if i in done)
+    digest = hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()[:16]
+    return {
+        "n": len(ids),
+        "answered": k,
+        "missing": len(ids) - k,
+        "coverage": k / len(ids) if ids else 0.0,
+        "items_sha256": digest,
+    }
+
+
 def summarize(
     benchmark: str, items: Iterable[BenchmarkItem], extractions: Mapping[str, Extraction]
 ) -> tuple[dict[str, Any], dict[str, bool]]:
-    """``(summary, correct_by_id)`` for the items that have an extraction.
+    """``(summary, correct_by_id)`` over every item; an item without an extraction (no prediction) is wrong.
 
-    The summary holds ``accuracy``, ``n``, ``correct``, ``missing`` (items without a prediction), the
-    extraction report, the official breakdowns, and We-Math's four-dimensional metrics.
+    The summary holds ``accuracy`` and ``correct`` over all ``n`` items, the :func:`coverage` fields
+    (``answered``, ``missing``, ``coverage``, ``items_sha256``), the extraction report of the answered items, the
+    official breakdowns, and We-Math's four-dimensional metrics.
     """
     items = list(items)
-    correct = {i.id: is_correct(i, extractions[i.id].answer) for i in items if i.id in extractions}
-    flags = list(correct.values())
+    correct = {i.id: i.id in extractions and is_correct(i, extractions[i.id].answer) for i in items}
     summary: dict[str, Any] = {
         "benchmark": benchmark,
-        **_acc(flags),
-        "missing": sum(1 for i in items if i.id not in extractions),
+        **_acc(list(correct.values())),
+        **coverage(items, extractions),
         "extraction": extraction_report(extractions[i.id] for i in items if i.id in extractions),
         "breakdowns": breakdowns(benchmark, items, correct),
     }
@@ -229,8 +255,9 @@ async def score_predictions(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Extract (rules, then the judge for what they cannot read) and score every prediction of one benchmark.
 
-    Returns ``(summary, rows)``; each row is ``{id, correct, extracted, method, gold}``. Predictions whose id is
-    not a benchmark item raise ``ValueError`` (a mixed-up file must not score silently).
+    Returns ``(summary, rows)``; one row per benchmark item, ``{id, correct, extracted, method, gold}``, where an
+    item without a prediction is ``correct: false, method: "missing"`` (a miss, as in the perception scorer).
+    Predictions whose id is not a benchmark item raise ``ValueError`` (a mixed-up file must not score silently).
     """
     items = list(items)
     by_id = {item.id: item for item in items}
@@ -244,12 +271,11 @@ async def score_predictions(
         {
             "id": item.id,
             "correct": correct[item.id],
-            "extracted": extractions[item.id].answer,
-            "method": extractions[item.id].method,
+            "extracted": extractions[item.id].answer if item.id in extractions else None,
+            "method": extractions[item.id].method if item.id in extractions else "missing",
             "gold": item.answer,
         }
         for item in items
-        if item.id in extractions
     ]
     return summary, rows
 
@@ -284,7 +310,7 @@ def score_perception(
     benchmark = items[0].benchmark if items else ""
     perception = build_settings(PerceptionSettings, dict(settings or {}))
     rows: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {"benchmark": benchmark, "missing": sum(1 for i in items if i.id not in predictions)}
+    summary: dict[str, Any] = {"benchmark": benchmark}
     if benchmark == "refcoco":
         ious = []
         for item in items:
@@ -330,7 +356,7 @@ def score_perception(
             rows.append({"id": item.id, "image_id": int(extra["image_id"]), "boxes": len(found), "skipped": skipped})
         image_ids = sorted({int(i.meta["extra_info"]["image_id"]) for i in items})
         summary.update(pm.coco_detection_metrics(gt, results, image_ids=image_ids))
-        summary["n"] = len(items)
     else:
         raise ValueError(f"{benchmark!r} is not a perception benchmark")
+    summary.update(coverage(items, predictions))  # n = every item: a missing prediction scored as a miss above
     return summary, rows

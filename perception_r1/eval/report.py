@@ -96,12 +96,42 @@ def _metrics_from_object(obj: Any, source: str) -> Metrics:
     return out
 
 
-def load_metrics(paths: Sequence[str | os.PathLike[str]]) -> Metrics:
-    """Merge the benchmark metrics of one checkpoint from JSON files and folders of ``*.json`` files.
+@dataclass(frozen=True)
+class Coverage:
+    """How much of a benchmark one run's metrics cover: ``answered`` of ``n`` items; ``items`` digests the item
+    set (``None`` when the metrics file does not say)."""
 
-    ``ValueError`` naming the file for unreadable JSON, a wrong shape, or a benchmark defined twice.
-    """
+    answered: int
+    n: int
+    items: str | None = None
+
+    @property
+    def partial(self) -> bool:
+        return self.answered < self.n
+
+    def __str__(self) -> str:
+        return f"{self.answered}/{self.n}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"answered": self.answered, "n": self.n, "items": self.items}
+
+
+def _coverage_of(values: Mapping[str, Any]) -> Coverage | None:
+    """The coverage an `eval score` summary records (``answered``/``n``; older summaries: ``n`` + ``missing``)."""
+    n, answered, missing = values.get("n"), values.get("answered"), values.get("missing")
+    items = values.get("items_sha256")
+    items = items if isinstance(items, str) else None
+    if isinstance(n, (int, float)) and isinstance(answered, (int, float)):
+        return Coverage(int(answered), int(n), items)
+    if isinstance(n, (int, float)) and isinstance(missing, (int, float)):  # before `answered`: n counted answered
+        return Coverage(int(n), int(n) + int(missing), items)
+    return None
+
+
+def load_run(paths: Sequence[str | os.PathLike[str]]) -> tuple[Metrics, dict[str, Coverage]]:
+    """:func:`load_metrics` plus each benchmark's :class:`Coverage` where the files record it."""
     merged: Metrics = {}
+    coverage: dict[str, Coverage] = {}
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -123,7 +153,40 @@ def load_metrics(paths: Sequence[str | os.PathLike[str]]) -> Metrics:
             if bench in merged:
                 raise ValueError(f"{file}: benchmark {bench!r} already read from another file of this run")
             merged[bench] = values
-    return merged
+            raw_values = obj if isinstance(obj.get("benchmark"), str) else obj.get(bench, {})
+            cov = _coverage_of(raw_values) if isinstance(raw_values, Mapping) else None
+            if cov is not None:
+                coverage[bench] = cov
+    return merged, coverage
+
+
+def load_metrics(paths: Sequence[str | os.PathLike[str]]) -> Metrics:
+    """Merge the benchmark metrics of one checkpoint from JSON files and folders of ``*.json`` files.
+
+    ``ValueError`` naming the file for unreadable JSON, a wrong shape, or a benchmark defined twice.
+    """
+    return load_run(paths)[0]
+
+
+def coverage_problems(
+    runs: Sequence[str], coverage: Mapping[str, Mapping[str, Coverage]], benchmarks: Sequence[str]
+) -> list[str]:
+    """Why comparing these runs would mislead: per benchmark, partial runs, or runs over different item sets.
+
+    Each metric counts a missing item as a miss, so a run that answered 70 of 304 items and a complete one are not
+    comparable, nor are two runs over different items. Benchmarks whose files record no coverage are not checked.
+    """
+    problems = []
+    for bench in benchmarks:
+        known = [(label, coverage[label][bench]) for label in runs if bench in coverage.get(label, {})]
+        if len(known) < 2:
+            continue
+        listing = ", ".join(f"{label} {cov}" for label, cov in known)
+        if len({cov.n for _, cov in known}) > 1 or len({cov.items for _, cov in known if cov.items}) > 1:
+            problems.append(f"{bench}: the runs' item sets differ ({listing} items)")
+        elif any(cov.partial for _, cov in known):
+            problems.append(f"{bench}: runs of different or partial coverage ({listing} answered)")
+    return problems
 
 
 # ---------------------------------------------------------------- reading training logs
@@ -260,7 +323,8 @@ def _headline(benchmark_metrics: Mapping[str, float], extra: Sequence[str]) -> l
     wanted = list(extra) if extra else list(HEADLINE_METRICS)
     chosen = [m for m in wanted if m in benchmark_metrics]
     if not chosen and not extra:  # an unknown benchmark: show what it has, minus counts
-        chosen = [m for m in benchmark_metrics if m not in ("n", "correct", "missing") and "/" not in m][:6]
+        skip = ("n", "correct", "missing", "answered", "coverage")
+        chosen = [m for m in benchmark_metrics if m not in skip and "/" not in m][:6]
     return chosen
 
 
@@ -281,12 +345,18 @@ def build_report(
     metrics: Sequence[str] = (),
     train_pattern: str = DEFAULT_TRAIN_PATTERN,
     title: str = "Checkpoint comparison",
+    coverage: Mapping[str, Mapping[str, Coverage]] | None = None,
+    allow_partial: bool = False,
 ) -> Report:
     """Write ``report.md``, ``report.json`` and PNG plots comparing ``runs`` (``(label, metrics)``) to ``baseline``.
 
     ``baseline`` defaults to the first run; ``metrics`` restricts the table/plots to these metric names (all
     numeric metrics always go to ``report.json``); ``training_logs`` are ``(label, rows)`` from
     :func:`read_training_log`, plotted for the keys matching ``train_pattern`` (a regex).
+
+    ``coverage`` (``label -> benchmark -> Coverage``, from :func:`load_run`) adds a coverage row per benchmark.
+    Runs of a benchmark that are partial or cover different item sets raise ``ValueError`` (nothing written)
+    unless ``allow_partial``; then the report marks them.
     """
     import matplotlib
 
@@ -308,6 +378,13 @@ def build_report(
         for bench in by_label[label]:
             if bench not in benchmarks:
                 benchmarks.append(bench)
+    coverage = coverage or {}
+    problems = coverage_problems(order, coverage, benchmarks)
+    if problems and not allow_partial:
+        raise ValueError(
+            "; ".join(problems) + ". A missing item counts as a miss, so these numbers are not comparable: finish "
+            "the runs (`eval run` resumes) or pass --allow-partial to compare anyway (the report marks them)"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots: list[Path] = []
@@ -322,6 +399,12 @@ def build_report(
         for label in order:
             union.update(by_label[label].get(bench, {}))
         shown = _headline(union, metrics)
+        covs = {label: coverage.get(label, {}).get(bench) for label in order}
+        if any(c is not None for c in covs.values()):
+            cells = [
+                "—" if c is None else f"{c}" + (" ⚠ partial" if c.partial else "") for c in (covs[x] for x in order)
+            ]
+            md.append(f"| {bench} | coverage | " + " | ".join(cells) + " |" + " |" * (len(order) - 1))
         for metric in shown:
             values = {label: by_label[label].get(bench, {}).get(metric) for label in order}
             base = values[baseline]
@@ -356,6 +439,10 @@ def build_report(
         md.append(
             f"- metrics plotted (pattern `{train_pattern}`): " + (", ".join(f"`{k}`" for k in train_keys) or "none")
         )
+    partial = any(c.partial for per in coverage.values() for c in per.values())
+    if problems or partial:
+        md += ["", "**⚠ partial comparison** (--allow-partial): every metric counts a missing item as a miss."]
+        md += [f"- {p}" for p in problems]
     if plots:
         md += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
 
@@ -367,6 +454,9 @@ def build_report(
         "metrics": {label: by_label[label] for label in order},
         "training": {label: list(rows) for label, rows in training_logs},
         "plots": [p.name for p in plots],
+        "coverage": {label: {b: c.as_dict() for b, c in coverage.get(label, {}).items()} for label in order},
+        "partial": bool(problems or partial),
+        "warnings": problems,
     }
     md_path, json_path = out / "report.md", out / "report.json"
     _atomic_text(md_path, "\n".join(md) + "\n")
@@ -461,7 +551,10 @@ __all__ = [
     "HEADLINE_METRICS",
     "LOWER_IS_BETTER",
     "Report",
+    "Coverage",
     "build_report",
+    "coverage_problems",
     "load_metrics",
+    "load_run",
     "read_training_log",
 ]

@@ -180,6 +180,7 @@ class VisualVerdict:
     completion_tokens: int = 0
     constrained: bool = False
     error: str = ""
+    """Why the call failed (the client's message, never the key), for the caller's failure report."""
 
     @property
     def visual(self) -> float:

@@ -19,12 +19,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import re
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -573,25 +577,90 @@ def responder_for(mode: str, seed: int = 0) -> Responder:
     return lying_judge(mode, seed)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Serve a scripted OpenAI-compatible judge on 127.0.0.1.")
+def wait_until_ready(base_url: str, timeout_s: float = 60.0, interval_s: float = 0.2) -> bool:
+    """Poll ``GET <base_url>/models`` until any server answers (200, or 401 for a keyed one); ``False`` on timeout.
+
+    Works for this server and for ``vllm serve`` alike: a demo starts the server in the background, then waits
+    here instead of sleeping a fixed time.
+    """
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    url = base_url.rstrip("/") + "/models"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return True
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                return True
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # `kill PID` (SIGTERM) stops the server cleanly, like Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Serve a scripted OpenAI-compatible judge on 127.0.0.1, or wait for a server (--wait URL)."
+    )
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model", default="judge")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each chat request")
     add_judge_behaviour_options(parser)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--reply", default=None, help="answer every chat request with this text (instead of --judge)"
+    )
+    parser.add_argument(
+        "--ready-file", default=None, help="write the base URL to this file once listening (removed on exit)"
+    )
+    parser.add_argument(
+        "--wait", metavar="BASE_URL", default=None, help="do not serve: wait until BASE_URL answers GET /models"
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")
+    args = parser.parse_args(argv)
+    if args.wait:
+        if wait_until_ready(args.wait, args.timeout):
+            return 0
+        print(f"openai_server: {args.wait} is not ready after {args.timeout:g} s (GET /models)", file=sys.stderr)
+        return 1
+    responder: Responder = substring_judge if args.reply is None else (lambda request: args.reply)
     server = OpenAITestServer(
-        models=[args.model], api_key=args.api_key, latency_s=args.latency, port=args.port, record=False
+        models=[args.model],
+        responder=responder,
+        api_key=args.api_key,
+        latency_s=args.latency,
+        port=args.port,
+        record=False,
     )
     apply_judge_behaviour_options(server, args)
+    if args.reply is not None:  # a fixed reply wins over --judge
+        server.responder = responder
     server.start()
-    print(f"serving {args.model!r} at {server.base_url}", flush=True)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    ready = Path(args.ready_file) if args.ready_file else None
     try:
+        if ready is not None:
+            tmp = ready.with_name(f".{ready.name}.tmp")
+            tmp.write_text(server.base_url + "\n", encoding="utf-8")
+            os.replace(tmp, ready)
+        print(f"serving {args.model!r} at {server.base_url}", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        pass
+    finally:
         server.stop()
+        if ready is not None:
+            ready.unlink(missing_ok=True)
+    return 0
 
 
 def add_judge_behaviour_options(parser: argparse.ArgumentParser) -> None:
@@ -642,4 +711,4 @@ def fail_after(responder: Responder, n: int) -> Responder:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
