@@ -23,6 +23,7 @@ BENCHMARKS = {
     "rule_scoring": ("bench_rule_scoring", "(a) rule scoring of a 4096-response GRPO-like batch"),
     "judge": ("bench_judge", "(b) judge path, N = 4096, K = 64, L = 0 / 50 ms"),
     "perception": ("bench_perception", "perception tasks"),
+    "prompt_filter": ("bench_prompt_filter", "verl's prompt-length filter on COCO detection rows (launch start-up)"),
 }
 
 

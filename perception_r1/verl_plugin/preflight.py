@@ -730,9 +730,11 @@ def check_nodes(
     try:
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.ERROR, log_to_driver=False)
     except Exception as exc:
+        detail = " ".join(str(exc).split())[:200]
         raise PreflightError(
-            f"node check: no running Ray cluster at {address} ({type(exc).__name__}); with NNODES={nnodes} start "
-            "`ray start --head` on the head node and `ray start --address=HEAD_IP:6379` on the others first"
+            f"node check: cannot connect to a Ray cluster at {address} ({type(exc).__name__}: {detail}); start "
+            "`ray start --head` on the head node and `ray start --address=HEAD_IP:6379` on the others first (a "
+            "cluster with Ray's token authentication also needs RAY_AUTH_MODE=token here)"
         ) from None
     try:
         nodes = [node for node in ray.nodes() if node.get("Alive")]
