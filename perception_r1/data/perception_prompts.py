@@ -261,7 +261,10 @@ def check_launch_data(
         raise ValueError(f"data file {path} does not exist (build it with `perception-r1 data ...`)")
     marker = THINKING_TEMPLATE.split("{prompt}")[1].strip()
     # Streamed in batches: with embedded images (the builders' default) the column holds every image's bytes.
-    batches = pq.ParquetFile(path).iter_batches(batch_size=64, columns=["prompt", "images"])
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=64, columns=["prompt", "images"])
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        raise ValueError(f"data file {path} is not a readable parquet file ({exc})") from None
     rows = (
         pair
         for batch in batches

@@ -808,8 +808,11 @@ def run(args: argparse.Namespace) -> list[str]:
         report.extend(check_config(cfg, remote_judge=args.remote_judge))
         if args.nodes and not args.dry_run:
             report.extend(check_nodes(cfg, judge=args.remote_judge, judge_timeout=args.judge_timeout))
-    if args.dry_run:
-        report.append("DRY_RUN=1: GPU check skipped" + (" (and the node check)" if args.nodes else ""))
+    if args.dry_run and args.config:
+        if args.nodes:
+            report.append("DRY_RUN=1: node check skipped")
+    elif args.dry_run:
+        report.append("DRY_RUN=1: GPU check skipped")
     elif args.gpus:
         report.append(f"{check_gpus(args.gpus)} GPU(s)")
     return report
