@@ -346,7 +346,7 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True, throw_on_missing=False)  # type: ignore[return-value]
     except Exception as exc:  # a YAML or interpolation error
         raise PreflightError(f"composed config {path}: cannot be read ({type(exc).__name__}: {exc})") from None
 
