@@ -25,6 +25,7 @@ BENCHMARKS = {
     "perception": ("bench_perception", "perception tasks"),
     "agreement": ("bench_reward_metric_agreement", "reward–metric agreement of the perception rewards (not timed)"),
     "score_memory": ("bench_score_memory", "peak memory of `score`, N = 10,000 and 200,000 rows"),
+    "prompt_filter": ("bench_prompt_filter", "verl's prompt-length filter on COCO detection rows (launch start-up)"),
 }
 
 

@@ -6,16 +6,27 @@
 #   task_overrides=( algorithm.adv_estimator=grpo ... )   # the task's hyperparameters (verl hydra overrides)
 #   pr1_launch [--judge] "${task_overrides[@]}" "$@"      # "$@": the user's extra overrides, applied last
 #
-# pr1_launch runs the preflight (python -m perception_r1.verl_plugin.preflight: data files, reward settings,
-# the judge when --judge is given, GPUs), then either prints the composed verl config (DRY_RUN=1:
-# `python -m perception_r1.verl_plugin.main_ppo ... --cfg job`, no Ray, no GPU) or starts training with it.
+# pr1_launch runs the preflight (python -m perception_r1.verl_plugin.preflight: data files and every image, reward
+# settings, the judge when --judge is given, GPUs), composes the verl config
+# (`python -m perception_r1.verl_plugin.main_ppo ... --cfg job`) and checks it (batch shape against the GPU count,
+# token budgets, rows for one step, checkpoints, loggers, a judge every node can reach), then on several nodes runs
+# the node check in a Ray task per node, and finally either prints the composed config (DRY_RUN=1: no Ray, no
+# GPU) or starts training with it.
 #
 # Environment (defaults in brackets):
 #   MODEL_PATH [launcher's model]   NNODES [1]   N_GPUS_PER_NODE [8]   TRAIN_FILE / VAL_FILE [launcher's paths]
 #   PROJECT_NAME [perception_r1]   EXPERIMENT_NAME [launcher's name]   DRY_RUN [0]   PYTHON [python3]
-#   SWANLAB_MODE [local]   SWANLAB_LOG_DIR [$PWD/swanlog]
+#   LOGGERS [console,swanlab] (trainer.logger)   SWANLAB_MODE [local]   SWANLAB_LOG_DIR [$PWD/swanlog]
+#   WANDB_MODE [offline when wandb is selected and WANDB_API_KEY is unset]   WANDB_PROJECT / WANDB_DIR [unset]
+#   CHECKPOINT_DIR [$PWD/checkpoints/$PROJECT_NAME/$EXPERIMENT_NAME] (absolute, on shared storage when NNODES > 1)
+#   KEEP_CHECKPOINTS [2] (trainer.max_actor_ckpt_to_keep; `all` keeps every one)
+#   ACTOR_STRATEGY [fsdp2]   ATTN_IMPLEMENTATION [auto: flash_attention_2 when flash_attn imports, else sdpa]
+#   PROMPT_FILTER_WORKERS [auto: this node's CPUs, at most 32] (data.filter_overlong_prompts_workers)
+#   CHECK_NODES [auto: when NNODES > 1] (1: run the per-node Ray check on one node too; 0: skip it)
 #   VLLM_SERVER_BASE_URL [http://127.0.0.1:8000/v1]   VLLM_MODEL_NAME [Qwen/Qwen2.5-32B-Instruct]
 #   VLLM_SERVER_API_KEY [EMPTY] (judge launchers only; the key is read from the environment, never put in argv/config)
+# Env vars forwarded to every Ray worker through the runtime env (never API keys): see FORWARDED_ENV in
+# perception_r1/verl_plugin/main_ppo.py.
 #   BACKEND [gpu]: `cpu` runs verl's trainer on the host CPU (tests, CI, `make demo`): see pr1_backend_overrides
 
 set -euo pipefail
@@ -34,8 +45,48 @@ pr1_defaults() {
   DRY_RUN="${DRY_RUN:-0}"
   PYTHON="${PYTHON:-python3}"
   BACKEND="${BACKEND:-gpu}"
+  LOGGERS="${LOGGERS:-console,swanlab}"
+  LOGGERS="${LOGGERS// /}"
   export SWANLAB_MODE="${SWANLAB_MODE:-local}"
   export SWANLAB_LOG_DIR="${SWANLAB_LOG_DIR:-$PWD/swanlog}"
+  if [[ ",${LOGGERS}," == *",wandb,"* && -z "${WANDB_MODE:-}" && -z "${WANDB_API_KEY:-}" ]]; then
+    export WANDB_MODE=offline  # wandb's online mode without a key and without a TTY raises inside the TaskRunner
+    echo "launcher: note: LOGGERS has wandb but WANDB_API_KEY is unset: WANDB_MODE=offline (export it to log online)" >&2
+  fi
+  CHECKPOINT_DIR="${CHECKPOINT_DIR:-$PWD/checkpoints/$PROJECT_NAME/$EXPERIMENT_NAME}"
+  KEEP_CHECKPOINTS="${KEEP_CHECKPOINTS:-2}"
+  ACTOR_STRATEGY="${ACTOR_STRATEGY:-fsdp2}"
+  ATTN_IMPLEMENTATION="${ATTN_IMPLEMENTATION:-auto}"
+  PROMPT_FILTER_WORKERS="${PROMPT_FILTER_WORKERS:-auto}"
+  CHECK_NODES="${CHECK_NODES:-auto}"
+}
+
+# pr1_attention_overrides: fills PR1_ATTN_OVERRIDES with the policy's attention implementation. flash-attn when
+# `import flash_attn` works (packed sequences: use_remove_padding=True); otherwise sdpa without padding removal
+# (verl's padding removal needs flash-attn's varlen kernels), with one warning line saying what that costs.
+pr1_attention_overrides() {
+  local impl="${ATTN_IMPLEMENTATION:-auto}"
+  if [[ "${impl}" == "auto" ]]; then
+    if "${PYTHON}" -c "import flash_attn" >/dev/null 2>&1; then
+      impl=flash_attention_2
+    else
+      impl=sdpa
+      echo "launcher: warning: flash_attn is not importable: the policy runs attn_implementation=sdpa with" \
+        "use_remove_padding=False, so every micro-batch is padded to its longest sequence (more GPU memory and" \
+        "slower actor/ref passes than flash-attn's packed sequences); see docs/training.md, 'flash-attn'" >&2
+    fi
+  fi
+  case "${impl}" in
+    flash_attention_2) PR1_ATTN_OVERRIDES=(
+      "++actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2"
+      "actor_rollout_ref.model.use_remove_padding=True") ;;
+    sdpa | eager) PR1_ATTN_OVERRIDES=(
+      "++actor_rollout_ref.model.override_config.attn_implementation=${impl}"
+      "actor_rollout_ref.model.use_remove_padding=False") ;;
+    *)
+      echo "launcher: error: ATTN_IMPLEMENTATION=${impl}: expected auto, flash_attention_2, sdpa or eager" >&2
+      exit 2 ;;
+  esac
 }
 
 # pr1_judge_defaults: judge env vars (exported so the preflight, verl and Ray workers see them).
@@ -46,17 +97,32 @@ pr1_judge_defaults() {
 }
 
 # pr1_base_overrides: fills the array PR1_BASE_OVERRIDES with what every launcher shares (paths, cluster shape,
-# logging, and our reward manager wired through verl 0.9.1's reward.* keys).
+# logging, checkpoints, the actor engine and attention, and our reward manager wired through verl 0.9.1's
+# reward.* keys).
 pr1_base_overrides() {
+  local keep="${KEEP_CHECKPOINTS}" workers="${PROMPT_FILTER_WORKERS}"
+  if [[ "${keep}" == "all" ]]; then
+    keep=null
+  fi
+  if [[ "${workers}" == "auto" ]]; then  # verl's prompt-length filter: datasets.filter(num_proc=...) over every row
+    workers="$("${PYTHON}" -c 'import os; print(max(1, min(32, len(os.sched_getaffinity(0)))))')"
+  fi
+  pr1_attention_overrides
   PR1_BASE_OVERRIDES=(
     "data.train_files=${TRAIN_FILE}"
     "data.val_files=${VAL_FILE}"
+    "data.filter_overlong_prompts_workers=${workers}"
     "actor_rollout_ref.model.path=${MODEL_PATH}"
+    "actor_rollout_ref.actor.strategy=${ACTOR_STRATEGY}"
+    "${PR1_ATTN_OVERRIDES[@]}"
     "trainer.nnodes=${NNODES}"
     "trainer.n_gpus_per_node=${N_GPUS_PER_NODE}"
     "trainer.project_name=${PROJECT_NAME}"
     "trainer.experiment_name=${EXPERIMENT_NAME}"
-    "trainer.logger=[console,swanlab]"
+    "trainer.logger=[${LOGGERS}]"
+    "trainer.default_local_dir=${CHECKPOINT_DIR}"
+    "trainer.max_actor_ckpt_to_keep=${keep}"
+    "trainer.max_critic_ckpt_to_keep=${keep}"
     "reward.reward_manager.source=importlib"
     "reward.reward_manager.name=PerceptionRewardManager"
     "reward.reward_manager.module.path=pkg://perception_r1.verl_plugin.reward_manager"
@@ -113,14 +179,36 @@ pr1_launch() {
     dry=(--dry-run)
   fi
 
+  # The node check (a Ray task on every node) replaces the local GPU count when it runs.
+  local nodes=() gpus="${N_GPUS_PER_NODE}"
+  if [[ "${CHECK_NODES}" == "1" || ( "${CHECK_NODES}" == "auto" && "${NNODES}" != "1" ) ]]; then
+    nodes=(--nodes)
+    gpus=0
+  fi
+
   "${PYTHON}" -m perception_r1.verl_plugin.preflight \
-    --data "${TRAIN_FILE}" --data "${VAL_FILE}" --gpus "${N_GPUS_PER_NODE}" --backend "${BACKEND}" ${judge[@]+"${judge[@]}"} ${dry[@]+"${dry[@]}"} \
+    --data "${TRAIN_FILE}" --data "${VAL_FILE}" --gpus "${gpus}" --backend "${BACKEND}" ${judge[@]+"${judge[@]}"} ${dry[@]+"${dry[@]}"} \
     -- "${overrides[@]}" || exit $?
 
-  if [[ "${DRY_RUN}" == "1" ]]; then
+  # The composed config: checked as verl will run it, then printed (DRY_RUN) or trained.
+  local composed status=0
+  composed="$(mktemp "${TMPDIR:-/tmp}/perception_r1_config.XXXXXX")"
+  "${PYTHON}" -m perception_r1.verl_plugin.main_ppo "${overrides[@]}" --cfg job > "${composed}" || status=$?
+  if [[ "${status}" == "0" ]]; then
+    local remote=()
+    if [[ "${#judge[@]}" != "0" ]]; then
+      remote=(--remote-judge)
+    fi
+    "${PYTHON}" -m perception_r1.verl_plugin.preflight --config "${composed}" \
+      ${remote[@]+"${remote[@]}"} ${nodes[@]+"${nodes[@]}"} ${dry[@]+"${dry[@]}"} || status=$?
+  fi
+  if [[ "${status}" == "0" && "${DRY_RUN}" == "1" ]]; then
     echo "DRY_RUN=1: composed config below; not starting Ray or training" >&2
-    "${PYTHON}" -m perception_r1.verl_plugin.main_ppo "${overrides[@]}" --cfg job
-    return $?
+    cat "${composed}"
+  fi
+  rm -f "${composed}"
+  if [[ "${status}" != "0" || "${DRY_RUN}" == "1" ]]; then
+    return "${status}"
   fi
   exec "${PYTHON}" -m perception_r1.verl_plugin.main_ppo "${overrides[@]}"
 }
@@ -175,8 +263,7 @@ pr1_perception_launch() {
     ++data.mm_processor_kwargs.max_pixels="${MAX_PIXELS}"
     # optimizer
     actor_rollout_ref.actor.optim.lr=1e-6
-    # memory / throughput
-    actor_rollout_ref.model.use_remove_padding=True
+    # memory / throughput (attention and padding removal: pr1_attention_overrides)
     actor_rollout_ref.model.enable_gradient_checkpointing=True
     actor_rollout_ref.actor.use_dynamic_bsz=True
     actor_rollout_ref.actor.ppo_max_token_len_per_gpu=16384

@@ -44,8 +44,7 @@ task_overrides=(
   actor_rollout_ref.actor.optim.lr=1e-6
   actor_rollout_ref.actor.optim.weight_decay=1e-3
   actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.05
-  # memory / throughput (FSDP actor, token-budget micro-batches)
-  actor_rollout_ref.model.use_remove_padding=True
+  # memory / throughput (FSDP2 actor, token-budget micro-batches; attention: pr1_attention_overrides)
   actor_rollout_ref.model.enable_gradient_checkpointing=True
   actor_rollout_ref.actor.use_dynamic_bsz=True
   actor_rollout_ref.actor.ppo_max_token_len_per_gpu=16384

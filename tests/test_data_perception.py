@@ -153,8 +153,9 @@ def test_coco_detection_rows_match_instances(built, shared_data):
         assert len(got) == len(expected) == row["extra_info"]["num_objects"]
         for (gb, gl), (eb, el) in zip(got, expected, strict=True):
             assert gl == el and gb == pytest.approx(eb, abs=1e-9)
-        (entry,) = row["images"]
-        assert entry["image"] == str((shared_data / "coco" / "images" / img["file_name"]).resolve())
+        (entry,) = row["images"]  # embedded by default: every Ray node reads the image from the parquet itself
+        assert entry["bytes"] == (shared_data / "coco" / "images" / img["file_name"]).read_bytes()
+        assert "image" not in entry  # verl's process_image refuses an entry with both
         assert (entry["min_pixels"], entry["max_pixels"]) == (3136, 1003520)
     assert sum(r["extra_info"]["num_objects"] for r in rows) == 36
 

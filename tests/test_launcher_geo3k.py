@@ -52,6 +52,22 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def at_least_rows(path: str | Path, rows: int = 128) -> Path:
+    """``path``, or a copy beside it whose real rows repeat up to ``rows``: verl trains 0 steps on fewer rows than
+    ``data.train_batch_size`` (128 in the paper's runs), so the launchers' preflight refuses the small samples."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    table = pq.read_table(path)
+    if table.num_rows >= rows or table.num_rows == 0:
+        return path
+    repeated = pa.concat_tables([table] * (rows // table.num_rows + 1)).slice(0, rows)
+    out = path.with_name(f"{path.stem}.x{rows}.parquet")
+    pq.write_table(repeated, out)
+    return out
+
+
 def launcher_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "JUDGE_"))}
     env.update(
@@ -69,7 +85,10 @@ def run_launcher(env: dict[str, str], *args: str, cwd: Path | None = None) -> su
 
 
 def compose_geo3k(tmp_path: Path, judge_url: str, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
-    """Run the launcher under DRY_RUN=1 and parse the composed config it prints."""
+    """Run the launcher under DRY_RUN=1 and parse the composed config it prints (a small ``TRAIN_FILE`` is
+    repeated up to 128 rows, see :func:`at_least_rows`)."""
+    if "TRAIN_FILE" in env:
+        env["TRAIN_FILE"] = str(at_least_rows(env["TRAIN_FILE"]))
     proc = run_launcher(
         launcher_env(
             tmp_path,
@@ -111,8 +130,8 @@ def composed(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, judge: Op
         TRAIN_FILE=str(data_dir / "train.parquet"),
         VAL_FILE=str(data_dir / "test.parquet"),
         MODEL_PATH="/models/Qwen2.5-VL-7B-Instruct",
-        NNODES="2",
-        N_GPUS_PER_NODE="8",
+        NNODES="1",
+        N_GPUS_PER_NODE="4",  # the docs' one-node recipe: 4 GPUs train, 4 serve the judge
         EXPERIMENT_NAME="exp1",
         PROJECT_NAME="proj1",
     )
@@ -151,17 +170,21 @@ def test_dry_run_composes_the_paper_config(composed, data_dir: Path, judge: Open
     trainer = cfg["trainer"]
     assert (trainer["total_epochs"], trainer["test_freq"], trainer["save_freq"]) == (25, 5, 10)
     assert list(trainer["logger"]) == ["console", "swanlab"]
-    assert (trainer["nnodes"], trainer["n_gpus_per_node"]) == (2, 8)
+    assert (trainer["nnodes"], trainer["n_gpus_per_node"]) == (1, 4)
     assert (trainer["project_name"], trainer["experiment_name"]) == ("proj1", "exp1")
     assert trainer["val_before_train"] is False
-    assert cfg["data"]["train_files"] == str(data_dir / "train.parquet")
+    assert cfg["data"]["train_files"] == str(at_least_rows(data_dir / "train.parquet"))
     assert cfg["data"]["val_files"] == str(data_dir / "test.parquet")
     assert cfg["actor_rollout_ref"]["model"]["path"] == "/models/Qwen2.5-VL-7B-Instruct"
     # the wrapper: our trainer, the Ray setup hook, the judge location (never its key)
     assert trainer["v1"]["trainer_mode"] == "perception_sync"
     runtime_env = cfg["ray_kwargs"]["ray_init"]["runtime_env"]
     assert runtime_env["worker_process_setup_hook"] == "perception_r1.verl_plugin.setup_worker"
-    assert dict(runtime_env["env_vars"]) == {"VLLM_SERVER_BASE_URL": judge.base_url, "VLLM_MODEL_NAME": JUDGE_MODEL}
+    env_vars = dict(runtime_env["env_vars"])
+    assert {k: env_vars[k] for k in ("VLLM_SERVER_BASE_URL", "VLLM_MODEL_NAME")} == {
+        "VLLM_SERVER_BASE_URL": judge.base_url,
+        "VLLM_MODEL_NAME": JUDGE_MODEL,
+    }
     assert JUDGE_KEY not in proc.stdout and JUDGE_KEY not in proc.stderr
 
 

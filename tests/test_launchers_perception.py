@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
+from test_launcher_geo3k import at_least_rows
 
 from perception_r1.cli import main
 
@@ -92,7 +93,9 @@ def run_launcher(name: str, env: dict[str, str], *args: str) -> subprocess.Compl
 
 
 def compose(name: str, tmp_path: Path, train: Path, val: Path, *args: str, **env: str):
-    """Run launcher ``name`` under DRY_RUN=1; ``(process, composed config)``."""
+    """Run launcher ``name`` under DRY_RUN=1; ``(process, composed config)``. A small ``train`` file is repeated up
+    to the paper's 128 prompts per step (the preflight refuses fewer rows than ``data.train_batch_size``)."""
+    train = at_least_rows(train)
     proc = run_launcher(name, launcher_env(tmp_path, TRAIN_FILE=str(train), VAL_FILE=str(val), **env), *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, OmegaConf.create(proc.stdout)
@@ -147,7 +150,7 @@ def test_qwen2_vl_launchers_compose_the_paper_config(name, data, tmp_path):
     proc, cfg = compose(name, tmp_path, data[name], data[name], "trainer.total_epochs=3", EXPERIMENT_NAME="e1")
     assert "preflight: ok" in proc.stderr and "GPU check skipped" in proc.stderr
     check_paper_settings(cfg, name)
-    assert cfg.data.train_files == str(data[name]) and cfg.trainer.experiment_name == "e1"
+    assert cfg.data.train_files == str(at_least_rows(data[name])) and cfg.trainer.experiment_name == "e1"
     assert cfg.trainer.total_epochs == 3  # user overrides come last
     assert cfg.data.shuffle is True
     kwargs = dict(cfg.reward.reward_kwargs)

@@ -97,15 +97,17 @@ def user_message(content: str) -> list[dict[str, str]]:
 class ImageResolver:
     """Finds each image file, reads its real size once, and makes the row's ``images`` entry.
 
-    Entries are ``{"image": "<absolute path>"}`` (or ``{"bytes": ...}`` with ``embed=True``, a self-contained
-    parquet, checked by :func:`perception_r1.data.common.load_image`), plus ``min_pixels``/``max_pixels`` when set: verl's vision path (``qwen_vl_utils.fetch_image``)
-    resizes with them, and a ``qwen2_5_vl`` run must score with the same values.
+    Entries are ``{"bytes": ...}`` by default (``embed=True``: a self-contained parquet, each image checked by
+    :func:`perception_r1.data.common.load_image`; Ray workers on every node read the images from the data itself)
+    or ``{"image": "<absolute path>"}`` with ``embed=False`` (``--image-paths``: a small parquet, but every path
+    must exist on every node), plus ``min_pixels``/``max_pixels`` when set: verl's vision path
+    (``qwen_vl_utils.fetch_image``) resizes with them, and a ``qwen2_5_vl`` run must score with the same values.
     """
 
     def __init__(
         self,
         root: str | os.PathLike[str] | None = None,
-        embed: bool = False,
+        embed: bool = True,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
     ) -> None:
@@ -211,8 +213,19 @@ def add_common_options(
     a task without coordinates)."""
     parser.add_argument("--output", type=Path, required=True, help="parquet file to write (atomically)")
     parser.add_argument("--image-root", type=Path, default=None, help=image_root_help)
-    parser.add_argument(
-        "--embed-images", action="store_true", help="store image bytes in the parquet (default: absolute paths)"
+    images = parser.add_mutually_exclusive_group()
+    images.add_argument(
+        "--embed-images",
+        dest="embed_images",
+        action="store_true",
+        default=True,
+        help="store each image's bytes in the parquet (the default: every Ray node reads images from the data)",
+    )
+    images.add_argument(
+        "--image-paths",
+        dest="embed_images",
+        action="store_false",
+        help="store absolute image paths instead (smaller parquet; the paths must exist on every node)",
     )
     parser.add_argument("--min-pixels", type=int, default=None, help="per-image min_pixels for the Qwen resize")
     parser.add_argument("--max-pixels", type=int, default=None, help="per-image max_pixels for the Qwen resize")
@@ -273,9 +286,19 @@ def check_launch_data(
     if not Path(path).is_file():
         raise ValueError(f"data file {path} does not exist (build it with `perception-r1 data ...`)")
     marker = THINKING_TEMPLATE.split("{prompt}")[1].strip()
-    table = pq.read_table(path, columns=["prompt", "images"])
-    prompts, images = table.column("prompt").to_pylist(), table.column("images").to_pylist()
-    for i, (prompt, entries) in enumerate(zip(prompts, images, strict=True)):
+    # Streamed in batches: with embedded images (the builders' default) the column holds every image's bytes.
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=64, columns=["prompt", "images"])
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        raise ValueError(f"data file {path} is not a readable parquet file ({exc})") from None
+    rows = (
+        pair
+        for batch in batches
+        for pair in zip(batch.column("prompt").to_pylist(), batch.column("images").to_pylist(), strict=True)
+    )
+    count = 0
+    for i, (prompt, entries) in enumerate(rows):
+        count += 1
         text = " ".join(str(m.get("content", "")) for m in prompt or [])
         if (marker in text) != thinking:
             want = "with" if thinking else "without"
@@ -294,7 +317,7 @@ def check_launch_data(
                         f"{path} row {i}: field 'images[{j}].{name}': {got} but the run uses {want_px} "
                         f"(rebuild the data with --{name.replace('_', '-')} {want_px})"
                     )
-    return len(prompts)
+    return count
 
 
 def main(argv: list[str] | None = None) -> int:

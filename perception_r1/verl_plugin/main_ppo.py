@@ -7,10 +7,12 @@ is verl's ``main_ppo.main``. Before hydra parses the command line it prepends:
 - ``ray_kwargs.ray_init.runtime_env.worker_process_setup_hook=perception_r1.verl_plugin.setup_worker``: every Ray
   worker process (the TaskRunner included, on every node) registers that trainer when it imports verl's v1
   trainers;
-- ``ray_kwargs.ray_init.runtime_env.env_vars.<NAME>`` for the non-secret judge variables that are set
-  (``VLLM_SERVER_BASE_URL``, ``VLLM_MODEL_NAME``, ``JUDGE_MAX_CONCURRENCY``, ``JUDGE_TIMEOUT``), so reward workers
-  on other nodes find the judge. ``VLLM_SERVER_API_KEY`` is never put in the config (verl prints it): Ray
-  workers inherit it from the environment of the process that started Ray (``ray start`` on each node).
+- ``ray_kwargs.ray_init.runtime_env.env_vars.<NAME>`` for the non-secret judge and logger variables that are set
+  (``VLLM_SERVER_BASE_URL``, ``VLLM_MODEL_NAME``, ``JUDGE_MAX_CONCURRENCY``, ``JUDGE_TIMEOUT``; ``SWANLAB_MODE``,
+  ``SWANLAB_LOG_DIR``, ``WANDB_MODE``, ``WANDB_PROJECT``, ``WANDB_DIR``, ``WANDB_ENTITY``), so reward workers on
+  other nodes find the judge and the TaskRunner logs where the launcher said, even on a cluster started by
+  ``ray start``. API keys (``VLLM_SERVER_API_KEY``, ``SWANLAB_API_KEY``, ``WANDB_API_KEY``) are never put in the
+  config (verl prints it): Ray workers inherit them from the environment of ``ray start`` on each node.
 
 Overrides given on the command line come after these, so they win. ``--cfg job`` prints the composed config and
 exits (the launchers' DRY_RUN). Before training starts, the reward settings are checked and a bad one ends the
@@ -27,21 +29,32 @@ from typing import Any
 
 from . import SETUP_HOOK, TRAINER_MODE, split_reward_kwargs
 
-FORWARDED_ENV = (
+JUDGE_ENV = (
     "VLLM_SERVER_BASE_URL",
     "VLLM_MODEL_NAME",
     "JUDGE_MAX_CONCURRENCY",
     "JUDGE_TIMEOUT",
     "JUDGE_CONNECT_TIMEOUT",
     "JUDGE_STRUCTURED_OUTPUTS",
+)
+"""Judge env vars copied into the Ray runtime env (never the API key)."""
+CPU_BACKEND_ENV = (
     # the CPU backend (BACKEND=cpu launchers): every Ray process must load and select it
     "VERL_PLATFORM",
     "VERL_USE_EXTERNAL_MODULES",
     # verl's `file` logger (trainer.logger=[...,file]) writes where the TaskRunner is told
     "VERL_FILE_LOGGER_PATH",
 )
-"""Env vars copied into the Ray runtime env (never the API key)."""
 BREAKER_EXIT = 3
+
+LOGGER_ENV = ("SWANLAB_MODE", "SWANLAB_LOG_DIR", "WANDB_MODE", "WANDB_PROJECT", "WANDB_DIR", "WANDB_ENTITY")
+"""Logger settings copied into the Ray runtime env: verl builds the tracker inside the TaskRunner actor, which on
+an existing cluster (``ray start``, ``ray job submit``) has the environment of ``ray start``, not the launcher's;
+without them swanlab falls back to cloud mode and, without a TTY, raises after every model has loaded. Never their
+API keys (``SWANLAB_API_KEY``, ``WANDB_API_KEY``): verl prints the config."""
+
+FORWARDED_ENV = JUDGE_ENV + LOGGER_ENV + CPU_BACKEND_ENV
+"""Every env var the wrapper copies into ``ray_kwargs.ray_init.runtime_env.env_vars`` when it is set."""
 
 LEGACY_SECTIONS = ("custom_reward_function", "reward_model")
 """Top-level legacy reward sections that verl 0.9.1's v1 ``main_ppo`` silently ignores."""
