@@ -137,9 +137,21 @@ def _condensed(metrics_text: str) -> str:
 
 
 def run_training(
-    out: Path, steps: int, resume: bool, judge_url: str, python: str, timeout_s: float, model: Path, data: Path
+    out: Path,
+    steps: int,
+    resume: bool,
+    judge_url: str,
+    python: str,
+    timeout_s: float,
+    model: Path,
+    data: Path,
+    extra_overrides: Sequence[str] = (),
+    judge_model: str = JUDGE_MODEL,
 ) -> int:
-    """The geo3k launcher with ``BACKEND=cpu``; streams the console to ``train.log``; returns the exit code."""
+    """The geo3k launcher with ``BACKEND=cpu``; streams the console to ``train.log``; returns the exit code.
+
+    ``extra_overrides`` come after the demo's own (tests use them to change the judge policy or the schedule).
+    """
     launcher = REPO_ROOT / "examples" / "run_qwen2_5_vl_7b_geo3k_visual.sh"
     if not launcher.is_file():
         raise DemoError(f"{launcher} not found: run the demo from a source checkout of perception-r1")
@@ -154,7 +166,7 @@ def run_training(
         "NNODES": "1",
         "N_GPUS_PER_NODE": "1",
         "VLLM_SERVER_BASE_URL": judge_url,
-        "VLLM_MODEL_NAME": JUDGE_MODEL,
+        "VLLM_MODEL_NAME": judge_model,
         "VLLM_SERVER_API_KEY": "EMPTY",
         "VERL_FILE_LOGGER_PATH": str(out / "metrics.run.jsonl"),
         "SWANLAB_MODE": "local",
@@ -162,7 +174,7 @@ def run_training(
         "PYTHONUNBUFFERED": "1",
     }
     env["PATH"] = f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}"
-    command = ["bash", str(launcher), *training_overrides(out, steps, resume)]
+    command = ["bash", str(launcher), *training_overrides(out, steps, resume), *extra_overrides]
     log_path = out / "train.log"
     with open(log_path, "a" if resume else "w", encoding="utf-8") as log:
         log.write(f"$ {' '.join(command)}\n")

@@ -31,7 +31,7 @@ def test_score_help_lists_data_sources_and_setting_defaults():
     for name, task in registered_tasks().items():
         assert f"{name}:" in text
         for f in dataclasses.fields(task.settings):
-            default = json.dumps(f.default) if isinstance(f.default, bool) else str(f.default)
+            default = json.dumps(f.default) if f.default is None or isinstance(f.default, bool) else str(f.default)
             assert f"{f.name}={default}" in text, f.name
     assert "perception-r1 tasks" in text
     assert "(default: 0.5)" in text  # --max-judge-failure-rate
@@ -96,7 +96,7 @@ def test_tasks_command_is_generated_from_the_registry(plugin_task, capsys):
     assert re.search(r"tolerance = 0.25\s+\[float\] How far off still counts", block)
     # the built-in tasks, with their documented settings
     assert re.search(r"math_timeout_s = 5.0\s+\[float\] math-verify's own parse/verify timeout", text)
-    assert re.search(r"coord_frame = qwen2_vl\s+\[qwen2_vl\|qwen2_5_vl\|qwen3_vl\|absolute\] the frame", text)
+    assert re.search(r"coord_frame = null\s+\[qwen2_vl\|qwen2_5_vl\|qwen3_vl\|absolute \| null\] the frame", text)
 
     assert cli_main(["tasks", "--json"]) == 0
     listed = {t["data_source"]: t for t in json.loads(capsys.readouterr().out)}

@@ -234,6 +234,12 @@ def test_every_shell_block_runs_or_is_marked() -> None:
         for block in parse_blocks(path):
             if block.language in RUN_LANGUAGES and block.skip is not None:
                 assert block.skip.strip(), f"{block.where()}: a skip marker needs a reason in parentheses"
+            if block.runs:
+                # an install in the scratch copy would re-point the shared test venv's editable install at a
+                # directory that is deleted afterwards (every later test then fails to import perception_r1)
+                assert not re.search(r"\bpip3? install\b|\buv pip\b", block.code), (
+                    f"{block.where()}: installs packages; mark it `<!-- doctest: skip (install: ...) -->`"
+                )
 
 
 @pytest.fixture(scope="session")

@@ -122,6 +122,8 @@ def _type_name(annotation: Any) -> str:
         return "|".join(str(a) for a in typing.get_args(annotation))
     if origin is typing.Union or type(annotation).__name__ == "UnionType":
         return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"  # an unset (None) default, as the listing prints it
     return getattr(annotation, "__name__", str(annotation))
 
 
