@@ -66,7 +66,9 @@ pr1_defaults() {
 # (verl's padding removal needs flash-attn's varlen kernels), with one warning line saying what that costs.
 pr1_attention_overrides() {
   local impl="${ATTN_IMPLEMENTATION:-auto}"
-  if [[ "${impl}" == "auto" ]]; then
+  if [[ "${impl}" == "auto" && "${BACKEND:-gpu}" == "cpu" ]]; then
+    impl=eager  # the CPU backend: no flash-attn, and transformers' eager attention is what the hf rollout runs
+  elif [[ "${impl}" == "auto" ]]; then
     if "${PYTHON}" -c "import flash_attn" >/dev/null 2>&1; then
       impl=flash_attention_2
     else
@@ -152,8 +154,6 @@ pr1_backend_overrides() {
         actor_rollout_ref.rollout.name=hf
         actor_rollout_ref.actor.strategy=fsdp2
         actor_rollout_ref.ref.strategy=fsdp2
-        actor_rollout_ref.model.use_remove_padding=False
-        +actor_rollout_ref.model.override_config.attn_implementation=eager
       )
       ;;
     *)

@@ -16,7 +16,7 @@ Rules (the doc-test convention):
   ``...`` inside a line matches anything), so shown output cannot drift from the real one.
 
 Files run two at a time (``DOCTEST_JOBS``), so a block that starts a server takes a port no other doc uses
-(in use now: 8011 eval.md, 8765/8766 annotate_and_calibrate.md, 8771 README.md, 8772 training.md) and waits for it
+(in use now: 8011 eval.md, 8765/8766 annotate_and_calibrate.md, 8771 README.md, 8772 training.md, 8773 judge.md) and waits for it
 with ``python -m perception_r1.testing.openai_server --wait URL``.
 
 Run one file by hand: ``.test-venv/bin/python tests/test_docs.py docs/eval.md`` (prints each block's time).
@@ -239,6 +239,19 @@ def test_every_shell_block_runs_or_is_marked() -> None:
                 # directory that is deleted afterwards (every later test then fails to import perception_r1)
                 assert not re.search(r"\bpip3? install\b|\buv pip\b", block.code), (
                     f"{block.where()}: installs packages; mark it `<!-- doctest: skip (install: ...) -->`"
+                )
+
+
+def test_each_doc_server_port_is_used_by_one_file_only() -> None:
+    """Files run in parallel: two files starting servers on one port would answer each other's requests."""
+    owner: dict[str, Path] = {}
+    for path in DOC_FILES:
+        for block in parse_blocks(path):
+            if not block.runs:
+                continue
+            for port in re.findall(r"--port[= ](\d+)", block.code):
+                assert owner.setdefault(port, path) == path, (
+                    f"{block.where()}: port {port} is also used by {owner[port].relative_to(REPO)}"
                 )
 
 

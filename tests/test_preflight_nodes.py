@@ -129,7 +129,7 @@ def test_a_key_only_on_the_launcher_stops_the_launch_in_the_ray_task(ray_cluster
     assert len(ok) == 1 and f"judge {JUDGE_MODEL}" in ok[0]  # the launcher's judge check passed with its key
     errors = [line for line in proc.stderr.splitlines() if line.startswith("preflight: error:")]
     assert len(errors) == 1, proc.stderr
-    assert "rejected the API key (HTTP 401)" in errors[0] and "1 of 1 node(s) failed the node check" in errors[0]
+    assert "rejected the API key (HTTP 401" in errors[0] and "1 of 1 node(s) failed the node check" in errors[0]
     assert errors[0].startswith("preflight: error: node ")
     assert NODE_KEY not in proc.stderr and LAUNCHER_KEY not in proc.stderr
     assert "perception_r1.verl_plugin.main_ppo" not in proc.stderr  # verl never started
@@ -145,7 +145,7 @@ def test_the_node_check_passes_with_the_nodes_key_and_runs_in_a_ray_worker(ray_c
         # the same judge check in the checking process itself fails: it has no key, only the Ray node has it
         local = subprocess.run([sys.executable, "-m", "perception_r1.verl_plugin.preflight", "--judge", "--dry-run"],
                                capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
-    assert local.returncode == 1 and "rejected the API key (HTTP 401)" in local.stderr
+    assert local.returncode == 1 and "rejected the API key (HTTP 401" in local.stderr
     assert proc.returncode == 0, proc.stderr
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("preflight: ok")]
     assert "node check: 1 node(s) ok (" in line

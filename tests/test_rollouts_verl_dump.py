@@ -57,7 +57,7 @@ def run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("verl_run")
     coco, geo = tmp / "coco_train.parquet", tmp / "geo3k_train.parquet"
     assert cli_main(["data", "coco-detection", "--annotations", str(shared_data / "coco" / "instances.json"),
-                     "--output", str(coco)]) == 0  # fmt: skip
+                     "--coord-frame", "absolute", "--output", str(coco)]) == 0  # fmt: skip
     assert cli_main(["data", "geo3k", "--input", str(shared_data / "geometry3k" / "problems.jsonl"),
                      "--annotations-field", "logic_forms", "--output", str(geo)]) == 0  # fmt: skip
     processor = load_qwen_vl_processor(save_qwen2_5_vl_processor(tmp / "processor"))
@@ -127,7 +127,7 @@ def test_verl_dump_converts_to_score_input_and_rescoring_gives_the_training_rewa
 
     with OpenAITestServer(models=["judge"]) as server:
         scores = tmp_path / "scores.jsonl"
-        proc = cli("score", "--input", str(rollouts), "--output", str(scores), "--set", "coord_frame=absolute",
+        proc = cli("score", "--input", str(rollouts), "--output", str(scores),
                    server=server)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
     rescored = [json.loads(line) for line in scores.read_text().splitlines()]
@@ -147,7 +147,7 @@ def test_verl_dump_feeds_the_curriculum(run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "skipped 20 dump row(s)" in proc.stderr
     assert (
-        cli("score", "--input", str(rollouts), "--output", str(scores), "--set", "coord_frame=absolute").returncode == 0
+        cli("score", "--input", str(rollouts), "--output", str(scores)).returncode == 0
     )
     proc = cli("data", "curriculum", "--data", str(run["coco"]), "--rollouts", str(rollouts), "--scores", str(scores),
                "--output", str(out))  # fmt: skip
