@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .test-venv
 PIP = $(VENV)/bin/pip
 
-.PHONY: test venv lint unit bench demo
+.PHONY: test venv lint unit fast bench demo
 
 venv:
 	rm -rf $(VENV)
@@ -20,6 +20,11 @@ unit:
 	$(VENV)/bin/python -m pytest -q
 
 test: venv lint unit
+
+# The quick loop while developing: everything but the Ray / verl-trainer tests (`-m slow`, minutes each on 2 cores).
+# CI runs both (`make unit`).
+fast:
+	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 bench:
 	$(VENV)/bin/python benchmarks/run_all.py

@@ -14,6 +14,29 @@ SHARED_DATA = Path(os.environ.get("PERCEPTION_R1_SHARED_DATA", REPO.parent / "sh
 
 os.environ.setdefault("PERCEPTION_R1_NO_PROGRESS", "0")
 
+_MISSING_DEPENDENCY = "could not import"  # the reason pytest.importorskip gives
+
+
+def _fail_import_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
+    """Every test dependency is required (the ``verl`` and ``test`` extras): a broken install must go red.
+
+    ``pytest.importorskip`` would turn it into a green skip; this turns that skip into a failure naming the module.
+    """
+    if report.skipped and _MISSING_DEPENDENCY in str(report.longrepr):
+        report.outcome = "failed"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    outcome = yield
+    _fail_import_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    _fail_import_skip(outcome.get_result())
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

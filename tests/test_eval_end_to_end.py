@@ -71,37 +71,46 @@ def test_inference_kill_resume_score_report(
     assert len(by_key) == len(wemath)
 
     gate = threading.Event()
-    log: list[tuple[str, str]] = []  # (phase, item id) for every chat request
-    phase = {"name": "run1"}
+    log: list[tuple[str, str]] = []  # (run, item id) for every chat request
 
-    def checkpoint(request: dict) -> str:
-        index, item = by_key[request_key(request)]
-        log.append((phase["name"], item.id))
-        if phase["name"] == "run1" and len(log) > 12:
-            gate.wait(30)  # freeze the server mid-run: the test kills the client now
-        return scripted_response(item, index)
+    def checkpoint(run: str):
+        """The responder of one run's server. The first run's server freezes at its 13th request (its loop
+        blocks, so nothing else is answered) until the test has killed the client; a request that reaches it
+        late is still logged as the first run's: each run has its own server, no timing decides the label."""
+
+        def respond(request: dict) -> str:
+            index, item = by_key[request_key(request)]
+            log.append((run, item.id))
+            if run == "run1" and len(log) > 12:
+                gate.wait(600)
+            return scripted_response(item, index)
+
+        return respond
 
     preds = tmp_path / "ckpt" / "wemath.jsonl"
     with (
-        OpenAITestServer(models=["ckpt"], responder=checkpoint, api_key=SECRET) as server,
+        OpenAITestServer(models=["ckpt"], responder=checkpoint("run1"), api_key=SECRET) as server,
+        OpenAITestServer(models=["ckpt"], responder=checkpoint("run2"), api_key=SECRET) as second,
         OpenAITestServer(models=["judge"], responder=judge_responder) as judge,
     ):
-        run_args = [
-            "eval", "run", "--benchmark", "wemath", "--data", str(shared_data / "wemath"),
-            "--output", str(preds), "--base-url", server.base_url, "--model", "ckpt", "--max-concurrency", "2",
-        ]  # fmt: skip
+        def run_args(url: str) -> list[str]:
+            return [
+                "eval", "run", "--benchmark", "wemath", "--data", str(shared_data / "wemath"),
+                "--output", str(preds), "--base-url", url, "--model", "ckpt", "--max-concurrency", "2",
+            ]  # fmt: skip
+
         env = {**os.environ, "EVAL_API_KEY": SECRET, "PERCEPTION_R1_NO_PROGRESS": "0"}
         process = subprocess.Popen(
-            [sys.executable, "-m", "perception_r1", *run_args],
+            [sys.executable, "-m", "perception_r1", *run_args(server.base_url)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a bound for a broken run, not a speed limit
         while time.monotonic() < deadline:
             written = preds.read_text().count("\n") if preds.exists() else 0
-            if written >= 11 and len(log) > 12:
+            if written >= 11 and len(log) > 12:  # the server is frozen and the client has written its answers
                 break
             assert process.poll() is None, process.communicate()
             time.sleep(0.02)
@@ -110,14 +119,12 @@ def test_inference_kill_resume_score_report(
         gate.set()
         assert process.returncode == -signal.SIGKILL
         assert "it/s" in stderr or "item/s" in stderr or "s/item" in stderr  # the progress bar showed a rate
-        time.sleep(0.3)  # let the frozen requests drain before the second run starts
         done_first = {json.loads(line)["id"] for line in preds.read_text().splitlines() if line.endswith("}")}
         assert 11 <= len(done_first) < len(wemath)
 
-        phase["name"] = "run2"
         os.environ["EVAL_API_KEY"] = SECRET
         try:
-            code, _ = run_cli(run_args, capsys)
+            code, _ = run_cli(run_args(second.base_url), capsys)
         finally:
             del os.environ["EVAL_API_KEY"]
         assert code == 0

@@ -17,7 +17,10 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest itself depends on tomli there
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 RESOLUTIONS = sorted((REPO / "tests" / "fixtures" / "gpu_resolution").glob("cp3*.txt"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import socket
 
 import pytest
@@ -92,15 +93,15 @@ def test_client_errors_are_not_retried(server, status):
 
 
 def test_hanging_server_times_out_then_retry_succeeds(server):
-    server.fail_next(1, hang_s=2)  # > timeout; short so the server stops quickly
-    client = make(server.base_url, timeout_s=0.5, max_retries=1)
+    server.fail_next(1, hang_s=math.inf)  # answers only when the server stops: the timeout is the one way out
+    client = make(server.base_url, timeout_s=5, max_retries=1)  # room for the retry's answer on a loaded machine
     [result] = run_chats(client)
     assert result.text == "<info1>1</info1>" and result.attempts == 2
 
 
 def test_hanging_server_exhausts_budget_with_timeout(server):
-    server.fail_next(5, hang_s=2)
-    [error] = run_chats(make(server.base_url, timeout_s=0.3, max_retries=1))
+    server.fail_next(5, hang_s=math.inf)
+    [error] = run_chats(make(server.base_url, timeout_s=0.3, max_retries=1))  # never answered: any timeout ends it
     assert isinstance(error, JudgeError) and "timeout" in str(error)
 
 
@@ -159,8 +160,11 @@ def test_settings_from_env(monkeypatch):
 # ---------------------------------------------------------------------------------------------- preflight
 
 
-def test_preflight_ok(server):
-    make(server.base_url).preflight_sync()
+def test_preflight_asks_each_replica_once_with_the_key_and_sends_no_chat(server):
+    with OpenAITestServer(models=["judge"], api_key=KEY) as second:
+        assert make(f"{server.base_url},{second.base_url}").preflight_sync() is None  # no exception: both serve it
+        assert server.models_requests == second.models_requests == [f"Bearer {KEY}"]
+    assert server.request_count == 0 and server.requests == []  # a preflight costs no judge tokens
 
 
 def test_preflight_unreachable():
@@ -294,7 +298,7 @@ def test_connect_timeout_is_separate_from_the_total_timeout():
 
 
 def test_total_timeout_is_reported_as_such(server):
-    server.fail_next(5, hang_s=3)
+    server.fail_next(5, hang_s=math.inf)
     [error] = run_chats(make(server.base_url, timeout_s=1, max_retries=0))
     assert "timeout (1 s total)" in str(error)
 

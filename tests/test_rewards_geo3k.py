@@ -9,6 +9,7 @@ import asyncio
 import json
 import random
 import re
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -73,11 +74,45 @@ def test_format_reward(response, expected):
     assert format_reward(response) == expected
 
 
-def test_format_reward_hostile_long_input_is_linear():
-    # A backtracking regex would take forever here; string operations answer at once.
+def python_lines_run(fn, *args) -> int:
+    """The work a call does, counted as Python line events (deterministic, unlike a clock)."""
+    count = 0
+
+    def tracer(frame, event, arg):
+        nonlocal count
+        if event == "line":
+            count += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        fn(*args)
+    finally:
+        sys.settrace(None)
+    return count
+
+
+@pytest.mark.parametrize(
+    ("fn", "hostile"),
+    [
+        (format_reward, lambda k: "<think>\n" + "<answer>\n\\boxed{" * k + "\n</answer>"),
+        (format_reward, lambda k: "<think>\n" + "a\n" * k + "</think>\n<answer>\n\\boxed{" + "{" * k + "1" + "}" * k + "}\n</answer>"),
+        (extract_answer, lambda k: "<answer>\n" + "\\boxed{" * k + "\n</answer>"),  # every box unbalanced
+        (last_boxed, lambda k: "\\boxed{" * k),
+        (last_boxed, lambda k: "\\boxed{1}" + "{" * k),
+    ],
+)
+def test_hostile_long_input_costs_linear_work(fn, hostile):
+    """Work at 4x the size is at most ~4x (a quadratic rescan of unbalanced boxes would be 16x)."""
+    small, large = python_lines_run(fn, hostile(500)), python_lines_run(fn, hostile(2000))
+    assert large <= 4 * small * 1.25 + 50, (small, large)
+
+
+def test_format_reward_hostile_long_input_answers():
     hostile = "<think>\n" + "<answer>\n\\boxed{" * 20_000 + "\n</answer>"
     assert format_reward(hostile) == 0.0
     assert format_reward("<think>\n" + "a\n" * 100_000 + "</think>\n<answer>\n\\boxed{1}\n</answer>") == 1.0
+    assert last_boxed("\\boxed{1}" + "\\boxed{" * 20_000) == "1"  # the last balanced box, past 20k open ones
 
 
 # ------------------------------------------------------------------------------------------------ answers
@@ -255,7 +290,7 @@ def test_shortcut_agrees_with_math_verify_and_skips_the_pool():
 def test_pathological_latex_hits_the_hard_limit_without_touching_other_rows():
     # `9^{9^{9^{9}}}` keeps sympy busy far past any sane budget. math-verify's own timeout is set high so only
     # the engine's hard limit (off the main thread: a killed worker process) can stop it.
-    local = RewardScorer({"math_timeout_s": "60", "math_hard_timeout_s": "2"}, workers=2)
+    local = RewardScorer({"math_timeout_s": "60", "math_hard_timeout_s": "10"}, workers=2)  # margin: loaded CI
     bomb = GOOD.replace("{13}", "{9^{9^{9^{9}}}}")
     rows = [row(GOOD), row(bomb), row(GOOD.replace("{13}", "{14}")), row(GOOD, ground_truth="5 \\sqrt { 3 }")]
     rows += [row(GOOD.replace("{13}", "{5\\sqrt{3}}"), ground_truth="5 \\sqrt { 3 }")]

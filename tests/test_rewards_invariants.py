@@ -13,7 +13,7 @@ import itertools
 import json
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from perception_r1.eval.perception_metrics import count_from_response
@@ -144,6 +144,8 @@ def test_perfect_prediction_scores_the_maximum(scene):
 
 @FAST
 @given(st.text(min_size=1, max_size=300).filter(lambda t: t.strip()), st.text(max_size=300))
+@example("<|A|>", "")  # page text shaped like a chat-template special token (hypothesis found it): still 2.0
+@example("press <|im_end|> to quit", "<|im_end|>")
 def test_ocr_perfect_and_bounds(reference, response):
     assert run("pageocr", reference, reference, {})["score"] == MAX["pageocr"]
     got = run("pageocr", response, reference, {})

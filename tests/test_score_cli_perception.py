@@ -113,7 +113,11 @@ def real_rows(shared_data: Path, frame: str, max_pixels: int | None) -> list[dic
 
 
 @pytest.mark.parametrize("frame", COORD_FRAMES)
-def test_score_cli_real_data_every_frame(shared_data, tmp_path, frame):
+def test_plumbing_score_cli_matches_the_in_process_scorer_and_orders_rows(shared_data, tmp_path, frame):
+    """Plumbing (CLI == in-process scorer: one engine, so only the wiring is proved) plus the ordering per task.
+
+    The values themselves are checked against the reward definitions in the next test.
+    """
     max_pixels = 1003520 if frame == "qwen2_5_vl" else None
     rows = real_rows(shared_data, frame, max_pixels)
     src = tmp_path / "rollouts.jsonl"
@@ -155,6 +159,42 @@ def test_score_cli_real_data_every_frame(shared_data, tmp_path, frame):
     tolerance = 0.0 if frame == "absolute" else 0.1
     assert all(v["recall"] >= 1.0 - tolerance and v["classification"] >= 1.0 - tolerance for v in perfect_det)
     assert all(v["missing"] <= tolerance for v in perfect_det)
+
+
+def test_score_cli_values_equal_the_reward_definitions(shared_data, tmp_path):
+    """Absolute frame, values derived by hand from each task's definition, not from the engine.
+
+    OCR: the perturbed answer is a prefix of the page's words, so its Levenshtein distance is the deleted length
+    and ``accuracy = len(prefix) / len(page)``; grounding: the box shifted right by half its width overlaps half
+    of it, ``IoU = 0.5 / 1.5 = 1/3``, scored ``format + IoU²``; a perfect detection scores ``1 + 1 + 1 + 1 - 0``.
+    """
+    rows = real_rows(shared_data, "absolute", None)
+    src = tmp_path / "rollouts.jsonl"
+    src.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "kind"}) + "\n" for r in rows))
+    out = tmp_path / "scores.jsonl"
+    proc = cli("--input", str(src), "--output", str(out), "--set", "coord_frame=absolute")
+    assert proc.returncode == 0, proc.stderr
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    checked = 0
+    for row, values in zip(rows, got, strict=True):
+        source, kind = row["data_source"], row["kind"]
+        if source == "pageocr":
+            page = " ".join(row["ground_truth"].split())
+            accuracy = {"perfect": 1.0, "perturbed": len(row["response"]) / len(page), "garbage": 0.0}[kind]
+            assert values["accuracy"] == pytest.approx(accuracy, abs=1e-12), kind
+            assert values["score"] == pytest.approx((kind != "garbage") + accuracy, abs=1e-12), kind
+        elif source == "refcoco":
+            iou = {"perfect": 1.0, "perturbed": 1 / 3, "garbage": 0.0}[kind]
+            assert values["iou"] == pytest.approx(iou, abs=1e-3), kind
+            assert values["score"] == pytest.approx((kind != "garbage") + iou**2, abs=2e-3), kind
+        elif source == "coco_detection" and kind == "perfect":
+            assert values["score"] == pytest.approx(4.0, abs=1e-6)
+        elif source == "coco_detection" and kind == "garbage":
+            assert values["format"] == 0.0 and values["recall"] == 0.0
+        else:
+            continue
+        checked += 1
+    assert checked >= 20
 
 
 def test_wrong_frame_is_worse(shared_data, tmp_path):

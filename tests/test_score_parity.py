@@ -1,5 +1,8 @@
 """``perception-r1 score`` and the verl reward path give identical numbers for the same rows and settings.
 
+Both paths run one engine, so their agreement is a plumbing check (config keys, decoding, the judge settings);
+the numbers themselves are checked against values derived from the reward's definition (``expected_rows``).
+
 The verl side is verl's own ``RewardLoopWorker`` (the class the reward loop runs as a Ray actor, here in-process)
 built from the config the geo3k launcher composes under DRY_RUN, so it loads ``PerceptionRewardManager`` through
 ``reward.reward_manager.*`` and decodes real Qwen token ids. The CLI side is a separate process. Both talk to the
@@ -17,13 +20,13 @@ from pathlib import Path
 
 import pytest
 from test_launcher_geo3k import JUDGE_KEY, JUDGE_MODEL, compose_geo3k, geo3k_rows, write_parquet
-from test_verl_reward_manager import build_batch, responses_for
+from test_verl_reward_manager import build_batch, expected_rows, responses_for
 
 from perception_r1.testing import OpenAITestServer
 from perception_r1.testing.qwen_processor import save_qwen2_5_vl_processor
 
 
-def test_score_cli_and_verl_reward_worker_agree(tmp_path: Path, shared_data: Path) -> None:
+def test_plumbing_score_cli_and_verl_reward_worker_agree_and_match_the_definition(tmp_path: Path, shared_data: Path) -> None:
     from transformers import AutoTokenizer
     from verl.experimental.reward_loop import RewardLoopWorker
 
@@ -59,7 +62,9 @@ def test_score_cli_and_verl_reward_worker_agree(tmp_path: Path, shared_data: Pat
 
             outputs = asyncio.run(score_batch())
         verl_rows = [out["reward_extra_info"] for out in outputs]
-        assert [out["reward_score"] for out in outputs] == [r["score"] for r in verl_rows]
+        want = expected_rows(rows, items, visual_weight=0.5, n=8)
+        for j, (out, exp) in enumerate(zip(outputs, want, strict=True)):
+            assert out["reward_score"] == pytest.approx(exp["score"], abs=1e-9), (j, exp)
 
         # CLI path
         src, dst = tmp_path / "rollouts.jsonl", tmp_path / "scores.jsonl"
@@ -90,5 +95,8 @@ def test_score_cli_and_verl_reward_worker_agree(tmp_path: Path, shared_data: Pat
     assert len(cli_rows) == len(verl_rows) == len(items)
     for j, (cli, verl) in enumerate(zip(cli_rows, verl_rows, strict=True)):
         assert cli == {key: verl[key] for key in cli}, (j, items[j][1][:80])  # identical, not approximately equal
+    for j, (cli, exp) in enumerate(zip(cli_rows, want, strict=True)):
+        got = (cli["format"], cli["accuracy"], cli["visual"], cli["ngram_penalty"])
+        assert got == pytest.approx((exp["format"], exp["accuracy"], exp["visual"], exp["ngram"]), abs=1e-9), j
     assert any(r["visual"] not in (None, 0.0, 1.0) for r in cli_rows)  # partial visual credit was exercised
     assert any(r["ngram_penalty"] < 0 for r in cli_rows) and any(r["visual"] is None for r in cli_rows)

@@ -63,8 +63,11 @@ def test_demo_trains_two_steps_and_logs_finite_reward_metrics(demo_run) -> None:
         assert 0.0 <= step["reward/visual/mean"] <= 1.0
         # the hash judge gives the group's rollouts different rewards: GRPO has a signal and the actor moves
         assert step["actor/grad_norm"] > 0
+        # PerceptionPPOTrainer._compute_metrics ran in verl's loop and did not fall into its warning branch
+        assert step["reward/metrics_error"] == 0.0
         assert step["reward/judge_failure_rate"] == 0.0
         assert step["reward/judge_latency_p50"] > 0  # every visual reward came from a real HTTP call
+        assert step["reward/judge_requests"] > 0 and step["reward/judge_canaries"] >= 0
         # the phases of a GRPO step all ran
         for phase in ("gen", "old_log_prob", "adv", "update_actor", "update_weights", "step"):
             assert step[f"timing_s/{phase}"] > 0, phase
@@ -78,6 +81,7 @@ def test_demo_trains_two_steps_and_logs_finite_reward_metrics(demo_run) -> None:
     assert "[train] step 2/2: reward/score/mean=" in proc.stdout
     log = (out / "train.log").read_text()
     assert "reward/visual/mean:" in log and "Resuming from" not in log  # a fresh run starts over
+    assert "could not compute reward training metrics" not in log
 
 
 def test_logged_scores_equal_the_reward_computed_from_its_definition(demo_run) -> None:
@@ -104,6 +108,37 @@ def test_logged_scores_equal_the_reward_computed_from_its_definition(demo_run) -
             assert any(record["score"] == pytest.approx(e, abs=1e-6) for e in expected), (record["uid"], expected)
             checked += 1
     assert checked >= 12
+
+
+def test_real_rollout_dumps_rescore_to_their_training_scores(demo_run, tmp_path: Path) -> None:
+    """verl's own dumps of the run -> ``rollouts from-verl`` -> ``score`` against the same scripted judge: every
+    trajectory gets back the reward it was trained on (the offline tools read what training really wrote)."""
+    from perception_r1.demo import JUDGE_MODEL
+    from perception_r1.testing.openai_server import OpenAITestServer, hash_judge
+
+    out, _, _ = demo_run
+    rows, scores = tmp_path / "rows.jsonl", tmp_path / "scores.jsonl"
+    cli = [sys.executable, "-m", "perception_r1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "JUDGE_"))}
+    env["PERCEPTION_R1_NO_PROGRESS"] = "1"
+    proc = subprocess.run(
+        [*cli, "rollouts", "from-verl", "--dump", str(out / "rollouts"), "--data",
+         str(out / "data" / "geo3k_train.parquet"), "--output", str(rows)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    converted = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert len(converted) == 2 * 2 * 4  # 2 steps x 2 prompts x 4 rollouts
+    with OpenAITestServer(models=[JUDGE_MODEL], responder=hash_judge) as judge:
+        proc = subprocess.run(
+            [*cli, "score", "--input", str(rows), "--output", str(scores), "--judge-base-url", judge.base_url,
+             "--judge-model", JUDGE_MODEL],
+            capture_output=True, text=True, env=env, timeout=600,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rescored = [json.loads(line) for line in scores.read_text().splitlines()]
+    for row, again in zip(converted, rescored, strict=True):
+        assert again["score"] == pytest.approx(row["training_score"], abs=1e-6), (row["step"], row["response"][:80])
 
 
 def test_checkpoint_and_merged_model(demo_run) -> None:

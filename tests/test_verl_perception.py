@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 from omegaconf import OmegaConf
 from test_launchers_perception import DET_PIXELS, build_perception_data, compose
@@ -25,7 +26,7 @@ from test_launchers_perception import DET_PIXELS, build_perception_data, compose
 from perception_r1.rewards.boxes import from_original
 from perception_r1.testing.qwen_processor import save_qwen2_5_vl_processor
 
-ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a Ray session with verl reward-loop workers
 SETTINGS = {"coord_frame": "qwen2_5_vl", "min_pixels": int(DET_PIXELS[0]), "max_pixels": int(DET_PIXELS[1])}
 
 
@@ -161,7 +162,8 @@ def scored(setup):
     return rows, kinds, out, cli, rollouts, cli_out
 
 
-def test_reward_loop_equals_score_command(scored):
+def test_plumbing_reward_loop_equals_score_command(scored):
+    """Plumbing: verl's reward loop and the CLI run one engine; the values are checked in the next test."""
     rows, kinds, out, cli, _, _ = scored
     assert len(cli) == len(rows) == 24
     for j, want in enumerate(cli):
@@ -183,10 +185,18 @@ def test_perfect_beats_perturbed_beats_garbage(scored):
             assert cli[j]["classification"] == 1.0 and cli[j]["missing"] == 0.0
         if source == "refcoco":  # the special-token box survives decoding without its tokens
             assert cli[j]["format"] == 1.0 and cli[j]["iou"] > 0.97
+            # the perturbed box is the frame box moved right by w // 2: IoU (w - w//2) / (w + w//2), scaling-free
+            x1, _, x2, _ = to_frame(rows[j]["reward_model"]["ground_truth"], rows[j]["extra_info"]["image_size"])[0]
+            w = int(round(x2)) - int(round(x1))
+            iou = (w - w // 2) / (w + w // 2)
+            assert cli[j + 1]["iou"] == pytest.approx(iou, abs=0.02)
+            assert perturbed == pytest.approx(1.0 + cli[j + 1]["iou"] ** 2)  # format + IoU² (released reward)
+            assert garbage == 0.0
         if source == "pixmo_count":
             assert cli[j]["count"] == 1.0 and cli[j + 1]["count"] == 0.0
         if source == "pageocr":
             assert cli[j]["accuracy"] == 1.0 and perfect == pytest.approx(2.0)
+            assert cli[j + 1]["format"] == 1.0 and perturbed == pytest.approx(1.0 + cli[j + 1]["accuracy"])
 
 
 def test_curriculum_from_scores_feeds_verls_sampler_in_order(setup, scored):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
 from omegaconf import OmegaConf
 from test_launcher_geo3k import JUDGE_KEY, JUDGE_MODEL, compose_geo3k, geo3k_rows, write_parquet
@@ -27,12 +28,12 @@ from perception_r1.judge.client import JudgeClient, JudgeSettings
 from perception_r1.judge.guard import JudgeBreaker, JudgeGuardSettings
 from perception_r1.scoring import RewardScorer, ScoreRow
 from perception_r1.testing import OpenAITestServer
-from perception_r1.testing.openai_server import labelled_judge
+from perception_r1.testing.openai_server import labelled_judge, substring_verdicts
 from perception_r1.testing.qwen_processor import save_qwen2_5_vl_processor
 from perception_r1.verl_plugin.metrics import judge_step, parse_judge_usage, reward_metrics
 from perception_r1.verl_plugin.reward_manager import extra_info_keys
 
-ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a Ray session with verl reward-loop workers
 
 
 def responses_for(rows: list[dict]) -> list[tuple[int, str]]:
@@ -61,6 +62,31 @@ def responses_for(rows: list[dict]) -> list[tuple[int, str]]:
             text = "<think>\n\\frac{\\frac{\\frac{1}{2}}{3}}{\n</think>\n<answer>\n\\boxed{\\sqrt{\\sqrt{\\sqrt{}}}}\n</answer>"
         out.append((i, text))
     return out + [out[0], out[1], out[0]]  # GRPO groups repeat answers
+
+
+# responses_for's eight answers, read by hand: the template (<think>…</think><answer>…\boxed{…}…</answer>) holds
+# for all but the garbage and the empty one; the boxed answer equals the ground truth in rows 0, 4 and 6.
+FORMAT = [1, 1, 0, 0, 1, 1, 1, 1]
+ACCURACY = [1, 0, 0, 0, 1, 0, 1, 0]
+
+
+def repetition_penalty(text: str, n: int, max_penalty: float = -2.0) -> float:
+    """The paper's n-gram penalty from its definition: (1 - unique/total) n-grams of lower-cased words."""
+    words = text.lower().split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return (1 - len(set(grams)) / len(grams)) * max_penalty if grams else 0.0
+
+
+def expected_rows(rows: list[dict], items: list[tuple[int, str]], visual_weight: float, n: int) -> list[dict]:
+    """``0.1·format + 0.9·accuracy + visual_weight·hits/#annotations + penalty``, the judge being the substring one."""
+    out = []
+    for i, text in items:
+        facts = rows[i]["extra_info"]["visual_annotations"]
+        visual = sum(substring_verdicts(facts, text)) / len(facts) if facts else None
+        penalty = repetition_penalty(text, n)
+        score = 0.1 * FORMAT[i] + 0.9 * ACCURACY[i] + visual_weight * (visual or 0.0) + penalty
+        out.append({"score": score, "format": FORMAT[i], "accuracy": ACCURACY[i], "visual": visual, "ngram": penalty})
+    return out
 
 
 def build_batch(tokenizer, rows: list[dict], items: list[tuple[int, str]]):
@@ -161,7 +187,10 @@ def reward_loop(setup):
     return RewardLoopManager(cfg)
 
 
-def test_reward_loop_scores_a_batch_like_the_scoring_engine(setup, reward_loop, judge: OpenAITestServer) -> None:
+def test_plumbing_reward_loop_scores_a_batch_like_the_scoring_engine(
+    setup, reward_loop, judge: OpenAITestServer
+) -> None:
+    """Plumbing (verl's loop == the engine in-process) plus the scores derived from the reward's definition."""
     from transformers import AutoTokenizer
 
     cfg, rows, processor = setup
@@ -188,6 +217,9 @@ def test_reward_loop_scores_a_batch_like_the_scoring_engine(setup, reward_loop, 
         assert rm_scores[j].sum().item() == pytest.approx(want["score"])
         assert out.non_tensor_batch["scoring_error"][j] == 0
 
+    weight, n = float(settings["visual_weight"]), int(settings["ngram_size"])
+    for j, exp in enumerate(expected_rows(rows, items, visual_weight=weight, n=n)):
+        assert rm_scores[j].sum().item() == pytest.approx(exp["score"], abs=1e-6), (j, exp)
     m = len(rows[0]["extra_info"]["visual_annotations"])
     assert expected[0]["visual"] == pytest.approx(2 / m) and expected[0]["score"] == pytest.approx(1.0 + 0.7 * 2 / m)
     assert expected[1]["visual"] == 1.0 and expected[1]["accuracy"] == 0.0

@@ -16,6 +16,7 @@ from typing import Any
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 BOXED_ONLY: tuple[str, ...] = ("\\boxed{",)
 """What the format reward accepts: the prompt asks for ``\\boxed{}`` (the original's regex takes no ``\\fbox``)."""
+_BRACE = re.compile(r"[{}]")
 
 
 def last_boxed(text: str, markers: tuple[str, ...] = ("\\boxed{", "\\fbox{")) -> str | None:
@@ -27,22 +28,34 @@ def last_boxed(text: str, markers: tuple[str, ...] = ("\\boxed{", "\\fbox{")) ->
     >>> last_boxed(r"a \\boxed{1} b \\boxed{\\frac{1}{2}}")
     '\\\\frac{1}{2}'
     """
+    closing: dict[int, int] | None = None
     for marker in markers:
         start = text.rfind(marker)
         while start != -1:
-            i = start + len(marker)
-            depth = 1
-            while i < len(text):
-                ch = text[i]
-                if ch == "{":
-                    depth += 1
-                elif ch == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[start + len(marker) : i]
-                i += 1
+            if closing is None:
+                closing = _matching_braces(text)
+            brace = start + len(marker) - 1  # every marker ends with its "{"
+            end = closing.get(brace)
+            if end is not None:
+                return text[brace + 1 : end]
             start = text.rfind(marker, 0, start)  # unbalanced: try the previous one
     return None
+
+
+def _matching_braces(text: str) -> dict[int, int]:
+    """``{index of "{": index of its matching "}"}`` for the balanced braces of ``text``, in one pass.
+
+    One pass over the braces (a stack), so a response of thousands of unbalanced ``\\boxed{`` costs linear work,
+    not a rescan to the end per box.
+    """
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    for match in _BRACE.finditer(text):
+        if match.group() == "{":
+            stack.append(match.start())
+        elif stack:
+            pairs[stack.pop()] = match.start()
+    return pairs
 
 
 def answer_block(response: str) -> str | None:

@@ -6,7 +6,9 @@ indentation are layout, not content). ``score = format_weight·format + accuracy
 perfect transcription with the defaults, 0 for empty output.
 
 - ``format`` is 1 when the answer (the whole response; the ``<answer>`` block with ``thinking=true``) is
-  non-empty after normalization, holds no chat-template special tokens (``<|…|>``), and the template holds.
+  non-empty after normalization, holds no chat-template special token (``<|…|>``) that the page text does not
+  hold itself (a leaked ``<|im_end|>`` is a template failure; a page that prints ``<|A|>`` is transcribed as it
+  is, so a perfect transcription always scores the maximum), and the template holds.
 
 Ground truth: the page text (a non-empty string). ``extra_info.image_size`` is not needed.
 """
@@ -71,9 +73,11 @@ def edit_accuracy(prediction: str, reference: str, case_sensitive: bool = True) 
 def rule_components(response: str, ground_truth: Any, extra_info: Mapping[str, Any], s: OcrSettings) -> Components:
     """``format`` and ``accuracy``; never raises on model output."""
     answer, template_ok = split_answer(response, s.thinking)
+    page = str(ground_truth)
+    leaked = any(token not in page for token in _SPECIAL_TOKEN.findall(answer))
     return {
-        "format": float(template_ok and bool(normalize_text(answer)) and not _SPECIAL_TOKEN.search(answer)),
-        "accuracy": edit_accuracy(answer, str(ground_truth), s.case_sensitive),
+        "format": float(template_ok and bool(normalize_text(answer)) and not leaked),
+        "accuracy": edit_accuracy(answer, page, s.case_sensitive),
         "n_chars": len(normalize_text(answer)),
     }
 

@@ -234,7 +234,8 @@ FAULT_KINDS = ("not_json", "no_choices", "null_content")
 
 @dataclass
 class Fault:
-    """An injected failure for the next ``count`` requests: an HTTP ``status``, a ``hang_s`` delay, or a malformed
+    """An injected failure for the next ``count`` requests: an HTTP ``status``, a ``hang_s`` delay (``math.inf``:
+    until the server stops, so a client timeout is the only way out, however loaded the machine), or a malformed
     200 answer of one of :data:`FAULT_KINDS`."""
 
     count: int
@@ -290,9 +291,12 @@ class OpenAITestServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
+        self._released: asyncio.Event | None = None
         self._lock = threading.Lock()
         self._prefixes: set[str] = set()
         self.request_count = 0
+        self.models_requests: list[str | None] = []
+        """The ``Authorization`` header of every ``GET /models`` (a preflight's footprint)."""
 
     # ------------------------------------------------------------------ control
     @property
@@ -321,6 +325,7 @@ class OpenAITestServer:
         return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"
 
     async def _models(self, request: web.Request) -> web.Response:
+        self.models_requests.append(request.headers.get("Authorization"))
         if not self._authorized(request):
             return web.json_response({"error": {"message": "unauthorized"}}, status=401)
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in self.models]
@@ -355,7 +360,9 @@ class OpenAITestServer:
 
     async def _answer(self, body: dict[str, Any], record: RequestRecord) -> web.Response:
         fault = self._take_fault()
-        if fault is not None and fault.hang_s:
+        if fault is not None and fault.hang_s == float("inf"):
+            await self._released.wait()
+        elif fault is not None and fault.hang_s:
             await asyncio.sleep(fault.hang_s)
         if fault is not None and fault.status:
             record.status, record.fault = fault.status, f"HTTP {fault.status}"
@@ -444,6 +451,7 @@ class OpenAITestServer:
             loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
+            self._released = asyncio.Event()
             try:
                 runner = web.AppRunner(self._app(), access_log=None)
                 loop.run_until_complete(runner.setup())
@@ -469,6 +477,7 @@ class OpenAITestServer:
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._released.set)  # endless hangs answer now, so cleanup is quick
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             self._loop = None

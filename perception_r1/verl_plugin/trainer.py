@@ -108,8 +108,10 @@ class JudgeGuardMixin:
             infos = self._reward_infos(batch)
             metrics.update(reward_metrics(infos))
             step = judge_step(infos, global_steps)
-        except Exception as exc:  # metrics must never stop training; a step the breaker cannot read is logged
+            metrics["reward/metrics_error"] = 0.0
+        except Exception as exc:  # metrics must never stop training; a step they miss is logged and counted
             logger.warning("could not compute reward training metrics: %s: %s", type(exc).__name__, exc)
+            metrics["reward/metrics_error"] = 1.0  # shown per step: a broken hook is visible, not just a warning
         if step is not None:
             self._judge_guard_step(step, metrics)
 
