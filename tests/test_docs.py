@@ -161,25 +161,34 @@ class Result:
 
 
 def run_block(block: Block, repo: Path, env: dict[str, str]) -> Result:
-    """Run one block in its own process group (killed afterwards, with anything it left running)."""
+    """Run one block in its own process group (killed afterwards, with anything it left running).
+
+    The output goes to a file, not a pipe: a background server the block left behind (say, after ``bash -e``
+    stopped at a failing line) keeps its inherited stderr open, and reading a pipe to EOF would wait for it forever.
+    """
     start = time.monotonic()
-    proc = subprocess.Popen(
-        ["bash", "-e", "-o", "pipefail", "-c", block.code],
-        cwd=repo,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=BLOCK_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc.pid)
-        output, _ = proc.communicate()
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as sink:
+        proc = subprocess.Popen(
+            ["bash", "-e", "-o", "pipefail", "-c", block.code],
+            cwd=repo,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        timed_out = False
+        try:
+            proc.wait(timeout=BLOCK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            _kill_group(proc.pid)
+            proc.wait()
+        sink.seek(0)
+        output = sink.read()
+    if timed_out:
         output += f"\n[doctest: killed after {BLOCK_TIMEOUT_S} s]"
-    finally:
-        _kill_group(proc.pid)
     return Result(block, proc.returncode, output, time.monotonic() - start)
 
 
@@ -253,6 +262,16 @@ def test_each_doc_server_port_is_used_by_one_file_only() -> None:
                 assert owner.setdefault(port, path) == path, (
                     f"{block.where()}: port {port} is also used by {owner[port].relative_to(REPO)}"
                 )
+
+
+def test_a_block_that_fails_with_a_server_left_running_ends_and_kills_it(tmp_path: Path) -> None:
+    """``bash -e`` stops at the failing line; the background job still holds the output open and is killed."""
+    code = "sleep 1000 &\necho $! > pid\necho started\nfalse\necho never\n"
+    result = run_block(Block(tmp_path / "x.md", 1, "bash", code), tmp_path, dict(os.environ))
+    assert result.returncode == 1 and result.output == "started\n"
+    stat = Path(f"/proc/{int((tmp_path / 'pid').read_text())}/stat")
+    # gone, or a zombie waiting for init to reap it (state Z): either way it no longer runs
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 @pytest.fixture(scope="session")

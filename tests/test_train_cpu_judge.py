@@ -8,13 +8,14 @@ everything a hack rate of 1.0; the per-step cost counters must add up to what th
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
 from perception_r1 import demo
-from perception_r1.judge.calibration import load_rows
+from perception_r1.judge.calibration import load_rows, shipped_labels_path
 from perception_r1.testing.openai_server import OpenAITestServer, fail_after, hash_judge, labelled_judge, lying_judge
 from perception_r1.testing.tiny_model import save_tiny_qwen2_vl
 
@@ -36,6 +37,14 @@ def _train(out: Path, inputs: tuple[Path, Path], server: OpenAITestServer, steps
     return demo.run_training(
         out, steps, False, server.base_url, sys.executable, 1500, model, data, extra_overrides=list(overrides)
     )
+
+
+def _canary_file(path: Path, kinds: set[str]) -> str:
+    """The shipped calibration rows of ``kinds``, as a ``judge_canary_file``: the canaries a step draws are then
+    known to include adversarial (``forged``) rows, whose label-0 pairs the hack rate is measured on."""
+    lines = Path(shipped_labels_path()).read_text(encoding="utf-8").splitlines()
+    path.write_text("".join(line + "\n" for line in lines if json.loads(line)["kind"] in kinds), encoding="utf-8")
+    return f"+reward.reward_kwargs.judge_canary_file={path}"
 
 
 def _metrics(out: Path) -> dict[int, dict]:
@@ -72,7 +81,9 @@ def test_breaker_stops_the_run_after_a_checkpoint_when_the_judge_goes_down(tmp_p
 def test_canaries_and_cost_with_a_truthful_judge(tmp_path: Path, inputs) -> None:
     truthful = labelled_judge({r.response: r.labels_for("paper") for r in load_rows()}, fallback=hash_judge)
     with OpenAITestServer(models=[demo.JUDGE_MODEL], responder=truthful) as server:
-        code = _train(tmp_path, inputs, server, 2, *QUIET, "trainer.save_freq=-1")
+        # 10 forged + 10 stated rows, 16 drawn per step: every step holds at least 6 forged canaries
+        canaries = _canary_file(tmp_path / "canaries.jsonl", {"forged", "state"})
+        code = _train(tmp_path, inputs, server, 2, *QUIET, "trainer.save_freq=-1", canaries)
         log = list(server.log)
     assert code == 0, (tmp_path / "train.log").read_text()[-3000:]
     steps = _metrics(tmp_path)
@@ -97,10 +108,11 @@ def test_canaries_and_cost_with_a_truthful_judge(tmp_path: Path, inputs) -> None
 
 
 def test_canaries_expose_a_judge_that_says_yes_to_everything(tmp_path: Path, inputs) -> None:
+    canaries = _canary_file(tmp_path / "canaries.jsonl", {"forged"})  # every label 0: agreement 0, all hacked
     with OpenAITestServer(models=[demo.JUDGE_MODEL], responder=lying_judge("all1")) as server:
-        code = _train(tmp_path, inputs, server, 1, *QUIET, "trainer.save_freq=-1")
+        code = _train(tmp_path, inputs, server, 1, *QUIET, "trainer.save_freq=-1", canaries)
     assert code == 0, (tmp_path / "train.log").read_text()[-3000:]
     step = _metrics(tmp_path)[1]
     assert step["reward/judge_canary_hack_rate"] == 1.0
-    assert step["reward/judge_canary_agreement"] < 0.6
+    assert step["reward/judge_canary_agreement"] == 0.0
     assert step["reward/visual/mean"] == 1.0  # what the policy would have learned from: every fact "stated"
