@@ -289,3 +289,34 @@ def test_counting_and_grounding_defaults():
 
 def test_task_modules_register_their_data_sources():
     assert {t.DATA_SOURCE for t in (counting, detection, geo3k_visual, grounding, ocr)} <= set(registered_tasks())
+
+
+def test_extract_answer_honours_no_fallback():
+    assert extract_answer(r"reasoning \boxed{7}") == "7"
+    assert extract_answer(r"reasoning \boxed{7}", fallback=False) is None
+    assert extract_answer("<answer>\n\\boxed{7}\n</answer>", fallback=False) == "7"
+
+
+def test_format_boxes_json_is_the_qwen25_answer_the_parser_reads():
+    from perception_r1.rewards.boxes import format_boxes_json, parse_boxes
+
+    text = format_boxes_json(np.array([[10.4, 20.6, 30, 40], [1, 2, 3, 4]]), ["cat", None])
+    assert text == '```json\n[{"bbox_2d": [10, 21, 30, 40], "label": "cat"}, {"bbox_2d": [1, 2, 3, 4]}]\n```'
+    parsed = parse_boxes(text)
+    assert parsed.coords.tolist() == [[10, 21, 30, 40], [1, 2, 3, 4]] and parsed.labels == ["cat", None]
+    assert format_boxes_json([[1.234, 2, 3, 4]], decimals=2) == '```json\n[{"bbox_2d": [1.23, 2.0, 3.0, 4.0]}]\n```'
+    assert format_boxes_json([[1.234, 2, 3, 4]], decimals=None) == '```json\n[{"bbox_2d": [1.234, 2.0, 3.0, 4.0]}]\n```'
+    assert format_boxes_json(np.array([[1, 2, 3, 4]], dtype=np.int64), decimals=None).count("1.0") == 1
+    assert format_boxes_json([]) == "```json\n[]\n```"
+
+
+def test_broken_json_objects_are_read_field_by_field():
+    """Not JSON (a stray word before the brace), so each field is read with the regexes: quoted numbers count."""
+    from perception_r1.rewards.boxes import parse_boxes, parse_points
+
+    parsed = parse_boxes('{"bbox_2d": ["10", "20", \'30\', 40], "label": "cat" oops}')
+    assert parsed.coords.tolist() == [[10, 20, 30, 40]] and parsed.labels == ["cat"] and parsed.clean
+    empty = parse_boxes('{"bbox_2d": [], "label": "cat" oops}')
+    assert len(empty) == 0 and empty.dropped == 1 and empty.syntax == "json"
+    points = parse_points('{"point_2d": [" 5 ", "6"] oops}')
+    assert points.coords.tolist() == [[5, 6]]

@@ -7,8 +7,8 @@ subprocesses (the ``score`` CLI, the math-verify isolation workers), so this plu
   editable install would otherwise give it the original code), and at ``tools/mutmut_site`` whose
   ``sitecustomize`` reports which functions a subprocess ran while mutmut maps tests to functions ("stats");
 - feeds those subprocess hits into mutmut's per-test map, so a function only a subprocess runs is tested (not
-  "no tests"). Only functions of ``MUTMUT_CHILD_MODULES`` (default: the ``score`` command and the isolation
-  pool, which run mostly in subprocesses) are taken from subprocesses: every other module has in-process tests,
+  "no tests"). Only functions of ``MUTMUT_CHILD_MODULES`` (default: the ``score`` command, the isolation
+  pool and the math-verify check it runs, which run mostly in subprocesses) are taken from subprocesses: every other module has in-process tests,
   and mapping the slow CLI tests to it too would multiply the run time;
 - runs each mutant's tests cheapest first (durations from mutmut's stats), so ``-x`` stops at the first cheap
   failure instead of after the slow subprocess tests;
@@ -36,7 +36,7 @@ if ACTIVE:
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_HERE), str(_site), _old) if p)
     os.environ.setdefault("PERCEPTION_R1_SHARED_DATA", str(_HERE.parent.parent / "shared" / "data"))
     os.environ["MUTMUT_CHILD_HITS"] = str(HITS)
-    os.environ.setdefault("MUTMUT_CHILD_MODULES", "perception_r1.commands.,perception_r1.isolation.")
+    os.environ.setdefault("MUTMUT_CHILD_MODULES", "perception_r1.commands.,perception_r1.isolation.,perception_r1.rewards.math_answer.")
 
 
 def _stats_mode() -> bool:

@@ -261,8 +261,12 @@ def _loads_lenient(chunk: str) -> Any:
     return None
 
 
+_QUOTES = "\"'"  # stripped from the items of a broken JSON list: '"10"' is the number 10
+
+
 def _split_list(body: str) -> list[Any]:
-    return [part.strip().strip("\"'") for part in body.split(",")] if body.strip() else []
+    """The comma-separated items of a broken JSON list, unquoted (an empty body is one empty item: not a number)."""
+    return [part.strip().strip(_QUOTES) for part in body.split(",")]
 
 
 # ---------------------------------------------------------------- raw item readers
