@@ -320,3 +320,137 @@ def test_broken_json_objects_are_read_field_by_field():
     assert len(empty) == 0 and empty.dropped == 1 and empty.syntax == "json"
     points = parse_points('{"point_2d": [" 5 ", "6"] oops}')
     assert points.coords.tolist() == [[5, 6]]
+
+
+# ------------------------------------------------------------------ bad data: the error names the field and the expectation
+
+
+@pytest.mark.parametrize("value", [True, 1.5, "3136", 0, -3])
+def test_recorded_pixel_limits_must_be_positive_integers(value):
+    from perception_r1.rewards.boxes import recorded_frame
+
+    with pytest.raises(ValueError, match=r"^extra_info\.max_pixels: expected a positive integer pixel count, got "):
+        recorded_frame({"max_pixels": value})
+
+
+def test_recorded_frame_reads_what_the_row_records():
+    from perception_r1.rewards.boxes import recorded_frame
+
+    assert recorded_frame({}) == (None, None, None)
+    assert recorded_frame({"coord_frame": "qwen2_5_vl", "min_pixels": 3136.0, "max_pixels": np.int64(9)}) == (
+        "qwen2_5_vl", 3136, 9,
+    )
+    assert recorded_frame(None) == (None, None, None)
+    with pytest.raises(ValueError, match=r"^extra_info\.coord_frame: expected one of \['qwen2_vl', .*got 'qwen9'"):
+        recorded_frame({"coord_frame": "qwen9"})
+
+
+def test_resolve_frame_precedence_and_contradictions():
+    from perception_r1.rewards.boxes import (
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MIN_PIXELS,
+        PerceptionSettings,
+        resolve_frame,
+        settings_for_row,
+    )
+
+    default = PerceptionSettings()
+    assert tuple(vars(resolve_frame(default, {})).values()) == ("qwen2_vl", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+    row = {"coord_frame": "qwen2_5_vl", "min_pixels": 100, "max_pixels": 200}
+    assert tuple(vars(resolve_frame(default, row)).values()) == ("qwen2_5_vl", 100, 200)
+    explicit = PerceptionSettings(coord_frame="qwen3_vl", max_pixels=500)
+    assert resolve_frame(explicit, {"coord_frame": "qwen2_vl"}).name == "qwen3_vl"  # same conversion: no conflict
+    assert resolve_frame(explicit, {"max_pixels": 900}).max_pixels == 500  # the run's value wins outside qwen2_5_vl
+    with pytest.raises(ValueError, match=r"^extra_info\.coord_frame: the row was built for 'qwen2_5_vl' but the run "):
+        resolve_frame(explicit, row)
+    with pytest.raises(ValueError, match=r"^extra_info\.max_pixels: the row was built for max_pixels=200 but the run "):
+        resolve_frame(PerceptionSettings(coord_frame="qwen2_5_vl", max_pixels=300), row)
+    with pytest.raises(ValueError, match=r"^extra_info\.min_pixels: the row was built for min_pixels=100"):
+        resolve_frame(PerceptionSettings(min_pixels=50), row)
+    filled = settings_for_row(default, row)
+    assert (filled.coord_frame, filled.min_pixels, filled.max_pixels) == ("qwen2_5_vl", 100, 200)
+
+
+@pytest.mark.parametrize(
+    "size, message",
+    [
+        (None, "extra_info.image_size: missing; expected [width, height] of the original image in pixels"),
+        (["a", 2], "extra_info.image_size: expected [width, height] numbers, got ['a', 2]"),
+        (5, "extra_info.image_size: expected [width, height] numbers, got 5"),
+        ([640], "extra_info.image_size: expected [width, height] with positive finite numbers, got [640]"),
+        ([640, 0], "extra_info.image_size: expected [width, height] with positive finite numbers, got [640, 0]"),
+        ([640, float("inf")], "extra_info.image_size: expected [width, height] with positive finite numbers"),
+        ([201, 1], "extra_info.image_size: aspect ratio above 200 (the Qwen processors refuse such images)"),
+    ],
+)
+def test_image_size_errors(size, message):
+    from perception_r1.rewards.boxes import read_image_size
+
+    with pytest.raises(ValueError) as info:
+        read_image_size({} if size is None else {"image_size": size})
+    assert str(info.value).startswith(message)
+
+
+def test_image_size_accepts_json_text_and_ratio_200():
+    from perception_r1.rewards.boxes import read_image_size
+
+    assert read_image_size({"image_size": "[640, 480]"}) == (640.0, 480.0)
+    assert read_image_size({"image_size": [200, 1]}) == (200.0, 1.0)
+
+
+def test_ground_truth_arrays():
+    from perception_r1.rewards.boxes import gt_array
+
+    assert gt_array([1, 2, 3, 4], 4, "gt").tolist() == [1, 2, 3, 4]
+    assert gt_array([5, 1], 2, "p", boxes=False).tolist() == [5, 1]
+    assert gt_array([3, 4, 1, 2], 4, "p", boxes=False).tolist() == [3, 4, 1, 2]  # points: no order
+    with pytest.raises(ValueError, match=r"^gt: expected 4 numbers, got 7$"):
+        gt_array(7, 4, "gt")
+    with pytest.raises(ValueError, match=r"^gt: expected 4 finite numbers, got \[1, 2, 3\]$"):
+        gt_array([1, 2, 3], 4, "gt")
+    with pytest.raises(ValueError, match=r"^gt: expected 4 finite numbers"):
+        gt_array([1, 2, 3, float("nan")], 4, "gt")
+    with pytest.raises(ValueError, match=r"^gt: expected \[x1, y1, x2, y2\] with x1 < x2 and y1 < y2, got \[3\.0"):
+        gt_array([3, 2, 3, 4], 4, "gt")
+    with pytest.raises(ValueError, match=r"x1 < x2 and y1 < y2"):
+        gt_array([1, 4, 3, 4], 4, "gt")
+
+
+def test_smart_resize_limits_and_errors():
+    from perception_r1.rewards.boxes import smart_resize
+
+    assert smart_resize(480, 640) == (476, 644)  # rounded to multiples of 28
+    assert smart_resize(480, 640, max_pixels=100_000) == (252, 364)  # scaled down under the cap
+    assert smart_resize(20, 30, min_pixels=3136) == (56, 84)  # scaled up over the floor
+    assert smart_resize(28, 5600) == (28, 5600)  # ratio 200 is allowed
+    with pytest.raises(ValueError, match="^image size must be positive, got height=0, width=5$"):
+        smart_resize(0, 5)
+    with pytest.raises(ValueError, match="^absolute aspect ratio must be smaller than 200, got 201"):
+        smart_resize(1, 201)
+
+
+def test_frames_convert_to_original_pixels():
+    from perception_r1.rewards.boxes import frame_scale, from_original, to_original
+
+    assert frame_scale("qwen2_vl", (640, 480)) == (0.64, 0.48) == frame_scale("qwen3_vl", (640, 480))
+    assert frame_scale("absolute", (640, 480)) == (1.0, 1.0)
+    assert frame_scale("qwen2_5_vl", (640, 480)) == pytest.approx((640 / 644, 480 / 476))
+    with pytest.raises(ValueError, match=r"^coord_frame: expected one of \['qwen2_vl'.*got 'pixels'"):
+        frame_scale("pixels", (640, 480))
+    box = np.array([[100.0, 200.0, 300.0, 400.0]])
+    assert to_original(box, "qwen2_vl", (640, 480)).tolist() == [[64.0, 96.0, 192.0, 192.0]]
+    assert from_original(to_original(box, "qwen2_vl", (640, 480)), "qwen2_vl", (640, 480)) == pytest.approx(box)
+    assert to_original(np.array([[500.0, 500.0]]), "qwen2_vl", (640, 480)).tolist() == [[320.0, 240.0]]
+    assert to_original(np.zeros((0, 2)), "qwen2_vl", (640, 480)).shape == (0, 2)
+
+
+def test_geometry():
+    from perception_r1.rewards.boxes import box_area, box_iou, pairwise_iou
+
+    assert box_area(np.array([[0, 0, 2, 3], [5, 5, 4, 9]])).tolist() == [6.0, 0.0]
+    a, b = np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [20, 20, 30, 30]])
+    assert pairwise_iou(a, b).tolist() == [[50 / 150, 0.0]]
+    assert pairwise_iou(a, np.zeros((0, 4))).shape == (1, 0)
+    assert float(box_iou(a[0], b[0])) == pytest.approx(1 / 3) and box_iou(a[0], b[0]).shape == ()
+    assert box_iou(np.vstack([a, a]), b).tolist() == pytest.approx([1 / 3, 0.0])
+    assert pairwise_iou(np.array([[0, 0, 0, 0]]), np.array([[0, 0, 0, 0]])).tolist() == [[0.0]]  # empty union
