@@ -4,6 +4,7 @@ images, and order-independence of the matching. Expected values are worked out b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -454,3 +455,90 @@ def test_geometry():
     assert float(box_iou(a[0], b[0])) == pytest.approx(1 / 3) and box_iou(a[0], b[0]).shape == ()
     assert box_iou(np.vstack([a, a]), b).tolist() == pytest.approx([1 / 3, 0.0])
     assert pairwise_iou(np.array([[0, 0, 0, 0]]), np.array([[0, 0, 0, 0]])).tolist() == [[0.0]]  # empty union
+
+
+# ------------------------------------------------------------------ settings (--set key=value, reward_kwargs)
+
+
+def test_set_options_are_parsed_and_coerced_to_the_field_types():
+    from perception_r1.rewards.registry import parse_set_options
+
+    assert parse_set_options(None) == {}
+    assert parse_set_options([" match_iou = 0.75 ", "judge_prompt=strict", "x=a=b"]) == {
+        "match_iou": "0.75", "judge_prompt": "strict", "x": "a=b",
+    }
+    for bad in ("match_iou", "=1", " =1"):
+        with pytest.raises(ValueError, match=r"^--set expects key=value, got "):
+            parse_set_options([bad])
+    s = build_settings(detection.DetectionSettings, {"match_iou": "0.75", "class_aware": "off", "max_predictions": "7"})
+    assert (s.match_iou, s.class_aware, s.max_predictions) == (0.75, False, 7)
+    for text, value in (("1", True), ("TRUE", True), ("yes", True), ("on", True), ("0", False), ("No", False)):
+        assert build_settings(detection.DetectionSettings, {"ap_aligned": text}).ap_aligned is value
+    assert build_settings(detection.DetectionSettings, {"ap_aligned": False}).ap_aligned is False
+    frame = build_settings(detection.DetectionSettings, {"coord_frame": "absolute", "min_pixels": "None"})
+    assert frame.coord_frame == "absolute" and frame.min_pixels is None
+    assert build_settings(detection.DetectionSettings, {"max_pixels": "null"}).max_pixels is None
+    assert build_settings(detection.DetectionSettings, {"max_pixels": "1000"}).max_pixels == 1000
+    assert build_settings(detection.DetectionSettings, {"unrelated": "1"}) == detection.DetectionSettings()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"ap_aligned": "maybe"}, "setting 'ap_aligned': expected a boolean, got 'maybe'"),
+        ({"match_iou": "high"}, "setting 'match_iou': expected float, got 'high'"),
+        ({"max_predictions": "1.5"}, "setting 'max_predictions': expected int, got '1.5'"),
+        ({"coord_frame": "pixels"}, "setting 'coord_frame': expected one of ['qwen2_vl', 'qwen2_5_vl', 'qwen3_vl', "
+                                    "'absolute'], got 'pixels'"),
+        ({"preset": "papr"}, "setting 'preset': unknown preset 'papr'; known presets: ['paper']"),
+    ],
+)
+def test_bad_settings_name_the_setting(overrides, message):
+    with pytest.raises(ValueError) as info:
+        build_settings(detection.DetectionSettings, overrides)
+    assert str(info.value) == message
+
+
+def test_unknown_setting_keys_are_refused_with_the_known_ones():
+    from perception_r1.rewards.registry import check_setting_keys, known_setting_keys
+
+    check_setting_keys({"match_iou": "0.6", "visual_weight": "1", "preset": "paper"})
+    assert {"preset", "match_iou", "ngram_size", "case_sensitive"} <= known_setting_keys()
+    with pytest.raises(ValueError, match=r"^unknown setting 'match_iuo'; known settings: \["):
+        check_setting_keys({"match_iuo": "0.6"})
+    with pytest.raises(ValueError, match="unknown preset"):
+        check_setting_keys({"preset": "papr"})
+
+
+def test_presets_fill_in_under_explicit_keys():
+    from perception_r1.rewards.registry import apply_preset, known_presets
+
+    assert known_presets() == ["paper"]
+    paper = build_settings(geo3k_visual.Geo3kVisualSettings, {"preset": "paper", "visual_weight": "0.5"})
+    assert paper.format_rule == "paper" and paper.visual_weight == 0.5
+    for off in (None, "", " none ", "Default"):
+        assert apply_preset(geo3k_visual.Geo3kVisualSettings, {"preset": off, "a": 1}) == {"a": 1}
+    assert build_settings(detection.DetectionSettings, {"preset": " paper "}).ap_aligned is False
+
+
+def test_registering_a_second_task_under_a_taken_name_is_refused():
+    from perception_r1.rewards.registry import register_task
+
+    task = get_task("pageocr")
+    assert register_task(task) is task  # the same task again is fine (re-import)
+    with pytest.raises(ValueError, match=r"^data_source 'pageocr' is already registered$"):
+        register_task(dataclasses.replace(task))
+    with pytest.raises(KeyError, match=r"unknown data_source 'nope'; known: \['coco_detection', "):
+        get_task("nope")
+
+
+def test_validate_row_checks_the_frame_only_with_settings():
+    from perception_r1.rewards.registry import validate_row
+
+    task = get_task("refcoco")
+    row = {"image_size": [640, 480], "coord_frame": "qwen2_5_vl"}
+    validate_row(task, [1, 2, 3, 4], row)
+    with pytest.raises(ValueError, match="coord_frame"):
+        validate_row(task, [1, 2, 3, 4], row, grounding.GroundingSettings(coord_frame="qwen2_vl"))
+    with pytest.raises(ValueError, match="ground_truth"):
+        validate_row(task, [3, 2, 1, 4], row)
