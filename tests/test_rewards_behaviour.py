@@ -542,3 +542,78 @@ def test_validate_row_checks_the_frame_only_with_settings():
         validate_row(task, [1, 2, 3, 4], row, grounding.GroundingSettings(coord_frame="qwen2_vl"))
     with pytest.raises(ValueError, match="ground_truth"):
         validate_row(task, [3, 2, 1, 4], row)
+
+
+# ------------------------------------------------------------------ the one box parser
+
+
+def parsed(text: str, **kwargs) -> tuple:
+    from perception_r1.rewards.boxes import parse_boxes
+
+    p = parse_boxes(text, **kwargs)
+    return p.coords.tolist(), p.labels, p.dropped, p.over_cap, p.syntax
+
+
+def test_special_token_boxes_keep_the_last_label_and_count_bad_boxes():
+    two = "<|object_ref_start|>the cat<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|> and " \
+          "<|box_start|>(5,6),(7,8)<|box_end|>"  # fmt: skip
+    assert parsed(two) == ([[1, 2, 3, 4], [5, 6, 7, 8]], ["the cat", "the cat"], 0, 0, "special_tokens")
+    bad = "<|box_start|>(1,2),(3,4)<|box_end|><|box_start|>(5,6),(1,2)<|box_end|><|box_start|>junk<|box_end|>"
+    assert parsed(bad) == ([[1, 2, 3, 4]], [None], 2, 0, "special_tokens")
+
+
+def test_tuple_boxes_take_the_label_written_before_them():
+    text = "cat (1,2),(3,4) dog: (5,6),(7,8) (9,9),(1,1)"
+    assert parsed(text) == ([[1, 2, 3, 4], [5, 6, 7, 8]], ["cat", "dog"], 1, 0, "tuples")
+    assert parsed("(1,2),(a,4)") == ([], [], 1, 0, "tuples")
+
+
+def test_lists_caps_and_empty_answers():
+    assert parsed("[1,2,3,4] [5,6,7,8]", max_items=1) == ([[1, 2, 3, 4]], [None], 0, 1, "list")
+    assert parsed("[1,2,3,4]", max_items=0) == ([], [], 0, 1, "list")
+    assert parsed("[ 1, 2, 3, 4.5e1 ]") == ([[1, 2, 3, 45]], [None], 0, 0, "list")
+    assert parsed("[]") == parsed("```json\n[]\n```") == ([], [], 0, 0, "json_empty")
+    assert parsed("") == parsed("no boxes here") == ([], [], 0, 0, None)
+
+
+def test_json_keys_labels_and_bad_values():
+    text = '{"box": [1,2,3,4], "name": "  Cat. "} {"bbox": [1,2,3,4], "category": 7}'
+    assert parsed(text) == ([[1, 2, 3, 4], [1, 2, 3, 4]], ["Cat", "7"], 0, 0, "json")
+    assert parsed('{"label": "cat"}') == ([], [], 0, 0, None)  # an object without a box is not a box answer
+    assert parsed('{"bbox_2d": [1,2,3,"x"]}') == ([], [], 1, 0, "json")
+    assert parsed('{"bbox_2d": [1,2,3,true]}') == ([], [], 1, 0, "json")  # a bool is not a coordinate
+    assert parsed('{"bbox_2d": [1,2,3,4], "label": "<|im_end|>dog"}')[1] == ["dog"]
+    assert parsed('{"bbox_2d": [1,2,3,4], "label": ["x"]}')[1] == [None]
+
+
+def test_points_syntaxes():
+    from perception_r1.rewards.boxes import parse_points
+
+    p = parse_points('[{"point_2d": [5, 6]}, {"point": [7, "8"]}, {"point_2d": [1]}]')
+    assert (p.coords.tolist(), p.dropped, p.syntax) == ([[5, 6], [7, 8]], 1, "json")
+    p = parse_points("[1, 2] [3, 4]")
+    assert (p.coords.tolist(), p.syntax) == ([[1, 2], [3, 4]], "list")
+    p = parse_points("[0,0,10,20] [4,4,2,2]")  # box centres; the reversed box is dropped
+    assert (p.coords.tolist(), p.dropped, p.syntax) == ([[5, 10]], 1, "list")
+    assert parse_points("[1,2,3,4]", box_centres=False).syntax is None
+    assert parse_points("[]").syntax == "json_empty" and parse_points("").syntax is None
+    capped = parse_points("[1, 2] [3, 4] [5, 6]", max_items=2)
+    assert capped.coords.tolist() == [[1, 2], [3, 4]] and capped.over_cap == 1
+
+
+def test_numbers_and_labels():
+    from perception_r1.rewards.boxes import _clean_label, _number
+
+    assert [_number(v) for v in (True, "1e3", " 7 ", float("nan"), "inf", None, 3, "x")] == [
+        None, 1000.0, 7.0, None, None, None, 3.0, None,
+    ]
+    assert [_clean_label(v) for v in (" **cat**: ", "<|box_end|>", None, "a   b")] == ["cat", None, None, "a b"]
+
+
+def test_an_unusable_image_size_drops_every_item():
+    from perception_r1.rewards.boxes import PerceptionSettings, read_prediction
+
+    parsed_, ok = read_prediction("[1,2,3,4] [5,6,7,8]", PerceptionSettings(coord_frame="qwen2_5_vl"), (1, 300))
+    assert len(parsed_) == 0 and parsed_.dropped == 2 and parsed_.syntax == "list" and ok
+    points, _ = read_prediction("[1,2]", PerceptionSettings(coord_frame="absolute"), (10, 10), points=True)
+    assert points.coords.tolist() == [[1, 2]]
