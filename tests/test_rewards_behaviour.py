@@ -617,3 +617,114 @@ def test_an_unusable_image_size_drops_every_item():
     assert len(parsed_) == 0 and parsed_.dropped == 2 and parsed_.syntax == "list" and ok
     points, _ = read_prediction("[1,2]", PerceptionSettings(coord_frame="absolute"), (10, 10), points=True)
     assert points.coords.tolist() == [[1, 2]]
+
+
+# ------------------------------------------------------------------ task scores worked out by hand
+
+
+def test_counting_counts_what_the_benchmark_counts():
+    one = [[100, 100]]
+    dup = score("pixmo_count", '[{"point_2d":[100,100]},{"point_2d":[100,100]}]', one, coord_frame="absolute")
+    assert (dup["location"], dup["count"], dup["score"]) == (0.5, 0.0, 1.5)  # 1 / max(2, 1); a repeat is a miscount
+    capped = score("pixmo_count", '[{"point_2d":[100,100]},{"point_2d":[300,300]}]', [[100, 100], [300, 300]],
+                   coord_frame="absolute", max_predictions="1")  # fmt: skip
+    assert (capped["location"], capped["count"], capped["n_pred"], capped["over_cap"]) == (0.5, 1.0, 2, 1)
+    broken = score("pixmo_count", '[{"point_2d":[100,100]},{"point_2d":[1,"x"]}]', one, coord_frame="absolute")
+    assert (broken["format"], broken["location"], broken["count"], broken["dropped"]) == (0.0, 1.0, 1.0, 1)
+    none = score("pixmo_count", "[]", one, coord_frame="absolute")
+    assert (none["format"], none["location"], none["count"], none["score"]) == (1.0, 0.0, 0.0, 1.0)
+    weighted = score("pixmo_count", '[{"point_2d":[100,100]}]', one, coord_frame="absolute",
+                     format_weight="2", location_weight="3", count_weight="5")  # fmt: skip
+    assert weighted["score"] == 10.0
+
+
+def test_ocr_format_and_thinking():
+    special = score("pageocr", "<|im_end|>Hello", "Hello")
+    assert special["format"] == 0.0 and special["n_chars"] == 15
+    assert special["accuracy"] == pytest.approx(1 - 10 / 15)
+    think = "<think>\nx\n</think>\n<answer>\nHello\n</answer>"
+    assert score("pageocr", think, "Hello", thinking="true")["score"] == 2.0
+    assert score("pageocr", "Hello", "Hello", thinking="true")["format"] == 0.0  # no template
+    assert score("pageocr", "   ", "Hello") == {"score": 0.0, "format": 0.0, "accuracy": 0.0, "n_chars": 0}
+    assert score("pageocr", "Hello", "Hello", accuracy_weight="3", format_weight="0.5")["score"] == 3.5
+    with pytest.raises(ValueError, match="^ground_truth: expected the page text as a non-empty string, got 7$"):
+        get_task("pageocr").validate(7, {})
+
+
+def test_detection_labels_normalise_and_unlabelled_boxes_break_the_format():
+    gt = [{"bbox": [0, 0, 10, 10], "label": "traffic light"}]
+    assert score("coco_detection", '[{"bbox_2d":[0,0,10,10],"label":"Traffic_Light "}]', gt,
+                 coord_frame="absolute")["score"] == 4.0  # fmt: skip
+    cat = [{"bbox": [0, 0, 10, 10], "label": "cat"}]
+    extra = score("coco_detection", '[{"bbox_2d":[0,0,10,10],"label":"cat"},{"bbox_2d":[20,20,30,30]}]', cat,
+                  coord_frame="absolute")  # fmt: skip
+    assert extra["format"] == 0.0 and extra["location"] == 0.5 and extra["recall"] == pytest.approx(2 / 3)
+    weighted = score("coco_detection", "[]", cat, coord_frame="absolute", missing_weight="2", format_weight="3")
+    assert weighted["score"] == 3 - 2
+    assert detection.normalize_label(None) == "" and detection.normalize_label(" A__b ") == "a b"
+
+
+def test_detection_ground_truth_errors_name_the_object_and_field():
+    bad = [
+        ("cat", "ground_truth: expected a list of {'bbox': [x1, y1, x2, y2], 'label': name}, got 'cat'"),
+        ([{"bbox": [0, 0, 1, 1], "label": "cat"}, 5], "ground_truth[1]: expected an object with 'bbox' and 'label'"),
+        ([{"label": "cat"}], "ground_truth[0].bbox: missing"),
+        ([{"bbox": [0, 0, 1, 1], "label": " "}], "ground_truth[0].label: expected a non-empty category name, got ' '"),
+        ([{"bbox": [0, 0, 1, 1], "label": 3}], "ground_truth[0].label: expected a non-empty category name, got 3"),
+        ([{"bbox": [1, 0, 1, 1], "label": "cat"}], "ground_truth[0].bbox: expected [x1, y1, x2, y2] with x1 < x2"),
+    ]
+    for ground_truth, message in bad:
+        with pytest.raises(ValueError) as info:
+            detection.gt_objects(ground_truth)
+        assert str(info.value).startswith(message), ground_truth
+    boxes, labels = detection.gt_objects('[{"bbox": [0, 0, 1, 1], "label": "Cat"}]')
+    assert boxes.tolist() == [[0, 0, 1, 1]] and labels == ["cat"]
+
+
+def test_grounding_reads_the_first_box_and_a_broken_extra_breaks_the_format():
+    gt = [0, 0, 10, 10]
+    assert score("refcoco", "[0,0,10,10] [0,0,5,5]", gt, coord_frame="absolute")["score"] == 2.0
+    broken = score("refcoco", "[0,0,10,10] [5,5,1,1]", gt, coord_frame="absolute")
+    assert (broken["format"], broken["iou"], broken["dropped"], broken["score"]) == (0.0, 1.0, 1, 1.0)
+    weighted = score("refcoco", "[0,0,10,5]", gt, coord_frame="absolute", iou_weight="4", format_weight="0.5")
+    assert weighted["score"] == 0.5 + 4 * 0.25
+    assert score("refcoco", "nothing", gt, coord_frame="absolute")["score"] == 0.0
+
+
+def test_geo3k_combine_annotations_and_validation():
+    task = get_task("geo3k_visual")
+    s = task.settings()
+    assert task.combine({"format": 1.0, "accuracy": 1.0, "visual": 0.5, "ngram_penalty": -0.5}, s) == pytest.approx(
+        0.1 + 0.9 + 0.35 - 0.5
+    )
+    assert task.combine({"format": None, "accuracy": None, "visual": None, "ngram_penalty": None}, s) == 0.0
+    assert task.annotations({"visual_annotations": []}) is None and task.annotations({}) is None
+    assert task.annotations({"visual_annotations": ["a", 2]}) == ["a", "2"]
+    task.validate(13, {"visual_annotations": ["AB = 5"]})
+    for gt, info, message in (
+        (True, {}, "ground_truth: expected a non-empty answer string, got True"),
+        (" ", {}, "ground_truth: expected a non-empty answer string, got ' '"),
+        ([1], {}, "ground_truth: expected a non-empty answer string, got [1]"),
+        ("1", {"visual_annotations": "AB = 5"}, "extra_info.visual_annotations: expected a list of strings, got str"),
+        ("1", {"visual_annotations": 5}, "extra_info.visual_annotations: expected a list of strings, got int"),
+        ("1", {"visual_annotations": ["a", ""]}, "extra_info.visual_annotations[1]: expected a non-empty string"),
+    ):
+        with pytest.raises(ValueError) as err:
+            task.validate(gt, info)
+        assert str(err.value).startswith(message)
+    row = score("geo3k_visual", "<think>\nx\n</think>\n<answer>\n\\boxed{2}\n</answer>", "2", format_rule="paper")
+    assert row == {"score": pytest.approx(0.1), "format": 1.0, "ngram_penalty": 0.0}
+
+
+def test_matching_helpers():
+    from perception_r1.rewards.matching import distance_kernel, hungarian_match, match_points, point_distances
+
+    assert distance_kernel(np.array([0.0, 5.0, 20.0]), 10).tolist() == [1.0, 0.5, 0.0]
+    assert distance_kernel(np.array([0.0, 5.0]), 0).tolist() == [1.0, 0.0]  # scale 0: only exact hits
+    assert point_distances(np.array([[0, 0]]), np.array([[3, 4], [0, 1]])).tolist() == [[5.0, 1.0]]
+    assert point_distances(np.zeros((0, 2)), np.array([[3, 4]])).shape == (0, 1)
+    m = hungarian_match(np.array([[np.nan, 0.5], [np.inf, 0.0]]))
+    assert (m.pred_idx.tolist(), m.gt_idx.tolist(), m.total, len(m)) == ([0], [1], 0.5, 1)
+    assert len(hungarian_match(np.array([1.0, 2.0]))) == 0 and len(hungarian_match(np.zeros((0, 3)))) == 0
+    match, distance = match_points(np.array([[0, 0], [10, 0]]), np.array([[9, 0]]), scale=10)
+    assert match.pred_idx.tolist() == [1] and match.total == pytest.approx(0.9) and distance.shape == (2, 1)
