@@ -148,3 +148,131 @@ def test_resume_header_records_what_the_rows_were_scored_with(tmp_path):
         assert score_cmd.resume_header(no_judged, scorer, judge)["judge"] is None  # the judge does not matter
     finally:
         scorer.close()
+
+
+# ------------------------------------------------------------------ the resume file, on real files
+
+
+def header(sha: str = "abc", rows: int = 3, settings: dict | None = None, judge: dict | None = None) -> dict:
+    return {"format": score_cmd.RESUME_FORMAT, "version": score_cmd.RESUME_VERSION,
+            "input": {"sha256": sha, "rows": rows}, "settings": settings or {"t": {"w": 1}}, "judge": judge}  # fmt: skip
+
+
+def scored(value: float, judged: bool = False, failed: bool = False, isolated_error: bool = False):
+    from perception_r1.scoring import Scored
+
+    values = {"score": value, **({"judge_failed": int(failed)} if judged else {})}
+    return Scored(values=values, judged=judged, isolated_error=isolated_error)
+
+
+def test_resume_file_keeps_rows_and_knows_which_are_final(tmp_path):
+    path = tmp_path / "r.jsonl"
+    resume = score_cmd.ResumeFile(path, header(), rows=3)
+    resume.add(2, scored(0.5))
+    resume.add(0, scored(1.0, judged=True, failed=True))  # a judge failure is asked again on a rerun
+    resume.add(1, scored(2.0, isolated_error=True))  # so is a crashed check
+    assert resume.done == 1
+    resume.close()
+    first = json.loads(path.read_text().splitlines()[0])
+    assert first == header()
+    again = score_cmd.ResumeFile(path, header(), rows=3)
+    try:
+        assert again.resumed == 1 and list(again.final) == [0, 0, 1]
+        assert [e["v"]["score"] for e in again.entries()] == [1.0, 2.0, 0.5]
+        assert [e["judged"] for e in again.entries()] == [True, False, False]
+        again.add(0, scored(3.0, judged=True))
+        assert again.done == 2
+    finally:
+        again.close()
+    assert next(again.entries())["v"]["score"] == 3.0  # the latest entry of a row wins
+
+
+def test_resume_file_cuts_a_torn_last_line(tmp_path, caplog):
+    path = tmp_path / "r.jsonl"
+    resume = score_cmd.ResumeFile(path, header(), rows=3)
+    resume.add(0, scored(1.0))
+    resume.close()
+    size = path.stat().st_size
+    with open(path, "ab") as handle:
+        handle.write(b'{"i": 1, "final": tr')
+    again = score_cmd.ResumeFile(path, header(), rows=3)
+    again.close()
+    assert path.stat().st_size == size and again.resumed == 1
+    assert "dropping a torn last line (20 bytes)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "other, message",
+    [
+        (header(sha="zzz"), "holds rows scored with another input (it has input sha256 zzz…, 3 rows)"),
+        (header(settings={"t": {"w": 2}}), "holds rows scored with another settings (it has its own settings)"),
+        (header(judge={"model": "other"}), "holds rows scored with another judge model (it has judge 'other')"),
+        ({**header(), "version": 99}, "holds rows scored with another file version (it has 99)"),
+    ],
+)
+def test_resume_file_from_another_run_is_refused(tmp_path, other, message):
+    path = tmp_path / "r.jsonl"
+    score_cmd.ResumeFile(path, other, rows=3).close()
+    with pytest.raises(score_cmd.ResumeMismatch) as info:
+        score_cmd.ResumeFile(path, header(), rows=3)
+    assert message in str(info.value) and "--restart" in str(info.value)
+    fresh = score_cmd.ResumeFile(path, header(), rows=3, restart=True)  # --restart discards it
+    fresh.close()
+    assert json.loads(path.read_text()) == header()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("not json\n", "exists but is not a score resume file"),
+        ('{"format": "something else"}\n', "exists but is not a score resume file"),
+        (json.dumps(header()) + '\n{"i": 0, "final": true}\n', "corrupt row at byte"),
+        (json.dumps(header()) + '\n{"i": 0}\n', "corrupt row at byte"),
+        (json.dumps(header()) + '\n{"i": 7, "final": true, "v": {"score": 1}}\n', "row index 7 out of range"),
+        (json.dumps(header()) + '\n{"i": -1, "final": true, "v": {"score": 1}}\n', "row index -1 out of range"),
+    ],
+)
+def test_a_damaged_resume_file_is_refused(tmp_path, content, message):
+    path = tmp_path / "r.jsonl"
+    path.write_text(content)
+    with pytest.raises(score_cmd.ResumeMismatch, match=message):
+        score_cmd.ResumeFile(path, header(), rows=3)
+
+
+def test_a_resume_file_in_use_is_refused(tmp_path):
+    path = tmp_path / "r.jsonl"
+    first = score_cmd.ResumeFile(path, header(), rows=3)
+    try:
+        with pytest.raises(score_cmd.CommandError, match="is in use by another `perception-r1 score` run"):
+            score_cmd.ResumeFile(path, header(), rows=3)
+    finally:
+        first.close()
+    score_cmd.ResumeFile(path, header(), rows=3).close()  # free again once closed
+
+
+def test_failure_reasons_are_summarised():
+    from collections import Counter
+
+    assert score_cmd._reasons(Counter()) == "failed in an earlier run"
+    assert score_cmd._reasons(Counter({"403": 2, "timeout": 1})) == "403 (2 rows); timeout (1 row)"
+    many = Counter({f"e{i}": 10 - i for i in range(5)})
+    assert score_cmd._reasons(many) == "e0 (10 rows); e1 (9 rows); e2 (8 rows)"
+
+
+def test_check_rate_accepts_the_edges():
+    assert score_cmd._check_rate(0.0) == 0.0 and score_cmd._check_rate(1.0) == 1.0
+    with pytest.raises(score_cmd.CommandError):
+        score_cmd._check_rate(1.0001)
+
+
+def test_sigterm_ends_the_run_like_ctrl_c():
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with score_cmd._sigterm_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (main) thread: the handler raises here
+            for _ in range(1000):  # or at the latest within the next few bytecodes
+                pass
+    assert signal.getsignal(signal.SIGTERM) is before
