@@ -728,3 +728,20 @@ def test_matching_helpers():
     assert len(hungarian_match(np.array([1.0, 2.0]))) == 0 and len(hungarian_match(np.zeros((0, 3)))) == 0
     match, distance = match_points(np.array([[0, 0], [10, 0]]), np.array([[9, 0]]), scale=10)
     assert match.pred_idx.tolist() == [1] and match.total == pytest.approx(0.9) and distance.shape == (2, 1)
+
+
+def test_quick_verdict_decides_only_what_is_certain():
+    """Plain numbers: equal values are 1, values more than 0.1 % apart (of the larger, at least of 1) are 0, and
+    anything closer, or not a plain number, is left to math-verify (``None``)."""
+    from perception_r1.rewards.math_answer import quick_verdict
+
+    cases = {
+        ("13", "13.0"): 1.0, (" 13 ", "13"): 1.0, (".5", "0.5"): 1.0, ("13", "13", "block"): 1.0,
+        ("13", "26"): 0.0, ("1000", "1001.5"): 0.0, ("0", "0.002"): 0.0, ("-2", "+2"): 0.0,
+        ("13", "x=13"): None, ("1000", "1000.5"): None, ("0.1", "0.1001"): None, ("0", "0.0005"): None,
+        ("1e3", "1000"): None,
+    }  # fmt: skip
+    assert {k: quick_verdict(k) for k in cases} == cases
+    for key, verdict in cases.items():  # where it answers, math-verify agrees
+        if verdict is not None:
+            assert verify_answer(key[0].strip(), key[1].strip()) == verdict, key
