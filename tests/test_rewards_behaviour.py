@@ -745,3 +745,51 @@ def test_quick_verdict_decides_only_what_is_certain():
     for key, verdict in cases.items():  # where it answers, math-verify agrees
         if verdict is not None:
             assert verify_answer(key[0].strip(), key[1].strip()) == verdict, key
+
+
+PAPER_THINK = re.compile(r"^<think>\n.*?\n</think>\n<answer>\n.*?\\boxed{.+?}.*?\n</answer>$", re.DOTALL)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think>\na\n</think>\n<answer>\n\\boxed{1}\n</think>\n<answer>\nno\n</answer>",  # the box is in the 1st split
+        "<think>\na\n</think>\n<answer>\nno\n</think>\n<answer>\n\\boxed{1}\n</answer>",
+        "<think>\n\n</think>\n<answer>\n\\boxed{x}\n</answer>",
+        "<think>\na\n</think>\n<answer>\n\\boxed{}\n</answer>",
+        "<think>\na\n</think>\n<answer>\n\\boxed{}}\n</answer>",
+        "<think>\na\n</think>\n<answer>\n</answer>",
+        " <think>\na\n</think>\n<answer>\n\\boxed{1}\n</answer>",
+        "<think>\na\n</think>\n<answer>\n\\boxed{1}\n</answer>\n",
+    ],
+)
+def test_paper_rule_is_exactly_the_original_regex(text):
+    assert format_reward(text, rule="paper") == float(PAPER_THINK.fullmatch(text) is not None)
+
+
+def test_entry_point_plugins_register_their_tasks(tmp_path, monkeypatch):
+    """A third-party package registers a scorer through the ``perception_r1.tasks`` entry-point group (a real
+    distribution on ``sys.path``: its dist-info declares the entry point, importing its module registers the task)."""
+    import importlib
+    import sys
+
+    from perception_r1.rewards import registry
+
+    (tmp_path / "pr1_plugin_demo.py").write_text(
+        "from perception_r1.rewards.registry import Task, register_task\n"
+        "from perception_r1.rewards.ocr import OcrSettings, combine, rule_components, validate\n"
+        "register_task(Task('demo_plugin_task', OcrSettings, validate, rule_components, combine, ('format',)))\n"
+    )
+    info = tmp_path / "pr1_plugin_demo-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pr1-plugin-demo\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[perception_r1.tasks]\ndemo = pr1_plugin_demo\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))
+    try:
+        assert "demo_plugin_task" not in registry._TASKS
+        registry._load_builtin_tasks()
+        assert registry._TASKS["demo_plugin_task"].data_source == "demo_plugin_task"
+    finally:
+        sys.modules.pop("pr1_plugin_demo", None)

@@ -560,7 +560,8 @@ def from_original(
 def format_boxes_json(boxes: np.ndarray, labels: Sequence[str | None] | None = None, decimals: int | None = 0) -> str:
     """Boxes as the Qwen2.5-VL JSON answer (```` ```json [{"bbox_2d": …, "label": …}] ``` ````); for tests/eval."""
     items = []
-    for i, box in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
+    # Equivalent mutants: each value is converted below (dtype), and numpy reads any negative size as "the rest".
+    for i, box in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):  # pragma: no mutate
         coords = [
             int(round(v)) if decimals == 0 else (round(float(v), decimals) if decimals else float(v)) for v in box
         ]

@@ -88,13 +88,15 @@ def _paper(text: str, template: str) -> float:
     """
     pos = 0
     for opening, separator in _BLOCKS[template]:
-        if not text.startswith(opening, pos):
+        # Equivalent mutants: dropping `pos` changes nothing (the first block starts at 0, later openings are "").
+        if not text.startswith(opening, pos):  # pragma: no mutate
             return 0.0
         end = text.find(separator, pos + len(opening))
         if end == -1:
             return 0.0
         pos = end + len(separator)
-    stop = len(text) - len(_ANSWER_CLOSE)
+    # Equivalent mutant: a later `stop` only adds "\n</answer>" (no box, no brace) to the answer.
+    stop = len(text) - len(_ANSWER_CLOSE)  # pragma: no mutate
     if stop < pos or not text.endswith(_ANSWER_CLOSE):
         return 0.0
     answer = text[pos:stop]
