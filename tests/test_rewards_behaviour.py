@@ -759,6 +759,8 @@ PAPER_THINK = re.compile(r"^<think>\n.*?\n</think>\n<answer>\n.*?\\boxed{.+?}.*?
         "<think>\na\n</think>\n<answer>\n\\boxed{}\n</answer>",
         "<think>\na\n</think>\n<answer>\n\\boxed{}}\n</answer>",
         "<think>\na\n</think>\n<answer>\n</answer>",
+        "<think>\na\n</think>\n<answer>\n\\boxed{1} and \\boxed{\n</answer>",  # the first box is closed
+        "<think>\na\n</think>\n<answer>\n\\boxed{\n</answer>",
         " <think>\na\n</think>\n<answer>\n\\boxed{1}\n</answer>",
         "<think>\na\n</think>\n<answer>\n\\boxed{1}\n</answer>\n",
     ],
@@ -793,3 +795,22 @@ def test_entry_point_plugins_register_their_tasks(tmp_path, monkeypatch):
         assert registry._TASKS["demo_plugin_task"].data_source == "demo_plugin_task"
     finally:
         sys.modules.pop("pr1_plugin_demo", None)
+
+
+def test_settings_classes_without_presets_have_none():
+    from perception_r1.rewards.registry import presets_of
+
+    @dataclasses.dataclass(frozen=True)
+    class Plain:
+        weight: float = 1.0
+
+    assert presets_of(Plain) == {}
+    assert presets_of(ocr.OcrSettings)["paper"]["case_sensitive"] is True
+
+
+def test_empty_matches_are_typed():
+    from perception_r1.rewards.matching import hungarian_match
+
+    m = hungarian_match(np.zeros((0, 2)))
+    assert m.pred_idx.dtype == np.int64 and m.gt_idx.dtype == np.int64 and m.scores.dtype == np.float64
+    assert m.total == 0.0 and len(m) == 0

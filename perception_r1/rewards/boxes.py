@@ -598,8 +598,10 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Element-wise IoU of aligned boxes ``a (n, 4)`` and ``b (n, 4)``; a scalar array for single boxes."""
-    a2 = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b2 = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    # Equivalent mutants: integer input gives the same IoU (the division is in floats either way), and numpy reads
+    # any negative size as "the rest".
+    a2 = np.asarray(a, dtype=np.float64).reshape(-1, 4)  # pragma: no mutate
+    b2 = np.asarray(b, dtype=np.float64).reshape(-1, 4)  # pragma: no mutate
     lt = np.maximum(a2[:, :2], b2[:, :2])
     rb = np.minimum(a2[:, 2:], b2[:, 2:])
     wh = np.clip(rb - lt, 0, None)

@@ -97,8 +97,9 @@ def _paper(text: str, template: str) -> float:
         pos = end + len(separator)
     # Equivalent mutant: a later `stop` only adds "\n</answer>" (no box, no brace) to the answer.
     stop = len(text) - len(_ANSWER_CLOSE)  # pragma: no mutate
-    if stop < pos or not text.endswith(_ANSWER_CLOSE):
+    # Equivalent mutant: `stop <= pos` also rejects an empty answer, which holds no box anyway.
+    if stop < pos or not text.endswith(_ANSWER_CLOSE):  # pragma: no mutate
         return 0.0
     answer = text[pos:stop]
     box = answer.find(_BOXED)
-    return 1.0 if box != -1 and answer.find("}", box + len(_BOXED) + 1) != -1 else 0.0
+    return 1.0 if box != -1 and "}" in answer[box + len(_BOXED) + 1 :] else 0.0

@@ -32,7 +32,7 @@ class Match:
 
 
 def _empty_match() -> Match:
-    return Match(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
+    return Match(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))  # scores: float64
 
 
 def hungarian_match(score: np.ndarray) -> Match:
