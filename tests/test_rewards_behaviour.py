@@ -814,3 +814,24 @@ def test_empty_matches_are_typed():
     m = hungarian_match(np.zeros((0, 2)))
     assert m.pred_idx.dtype == np.int64 and m.gt_idx.dtype == np.int64 and m.scores.dtype == np.float64
     assert m.total == 0.0 and len(m) == 0
+
+
+def test_rows_are_scored_in_the_frame_they_record():
+    """No ``coord_frame`` setting: a row built for ``absolute`` pixels is read in pixels, not in Qwen2-VL's
+    0-1000 frame (which would put [100,100,200,200] at [64,48,128,96] on a 640×480 image)."""
+    recorded = {"image_size": [640, 480], "coord_frame": "absolute"}
+    assert score("refcoco", "[100,100,200,200]", [100, 100, 200, 200], recorded)["iou"] == 1.0
+    assert score("refcoco", "[100,100,200,200]", [100, 100, 200, 200])["iou"] < 0.2
+    points = score("pixmo_count", '[{"point_2d": [100, 100]}]', [[100, 100]], recorded)
+    assert points["location"] == 1.0
+    det = score("coco_detection", '[{"bbox_2d": [100,100,200,200], "label": "cat"}]',
+                [{"bbox": [100, 100, 200, 200], "label": "cat"}], recorded)  # fmt: skip
+    assert det["score"] == 4.0
+
+
+def test_degenerate_boxes_have_no_overlap():
+    from perception_r1.rewards.boxes import box_iou
+
+    point = np.array([5, 5, 5, 5])
+    assert float(box_iou(point, point)) == 0.0  # empty union: 0, not a perfect match
+    assert float(box_iou(np.array([0, 0, 10, 10]), np.array([0, 0, 10, 10]))) == 1.0

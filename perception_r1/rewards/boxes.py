@@ -608,7 +608,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = wh[:, 0] * wh[:, 1]
     union = box_area(a2) + box_area(b2) - inter
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.clip(np.where(union > 0, inter / union, 0.0), 0.0, 1.0)
+        iou = np.where(union > 0, inter / union, 0.0)  # in [0, 1]: 0 <= inter <= union by construction
     return iou if np.ndim(a) > 1 else iou.reshape(())
 
 
