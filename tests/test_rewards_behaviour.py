@@ -835,3 +835,15 @@ def test_degenerate_boxes_have_no_overlap():
     point = np.array([5, 5, 5, 5])
     assert float(box_iou(point, point)) == 0.0  # empty union: 0, not a perfect match
     assert float(box_iou(np.array([0, 0, 10, 10]), np.array([0, 0, 10, 10]))) == 1.0
+
+
+def test_counting_and_grounding_edge_answers():
+    bad_points = score("pixmo_count", '[{"point_2d": [1, "x"]}]', [], coord_frame="absolute")
+    assert bad_points["count"] == 0.0 and bad_points["format"] == 0.0  # an unreadable answer is no "zero objects"
+    assert score("refcoco", "[]", [0, 0, 10, 10], coord_frame="absolute")["format"] == 0.0  # no box is no answer
+    with pytest.raises(ValueError, match=r"^ground_truth: expected a list of \[x, y\] points, got str$"):
+        counting.gt_points("cat")
+    with pytest.raises(ValueError, match=r"^ground_truth\[1\]: expected 2 finite numbers"):
+        counting.gt_points([[1, 2], [3]])
+    with pytest.raises(ValueError, match=r"^ground_truth: expected 4 finite numbers"):
+        get_task("refcoco").validate([1, 2, 3], SIZE)
