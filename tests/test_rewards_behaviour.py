@@ -847,3 +847,10 @@ def test_counting_and_grounding_edge_answers():
         counting.gt_points([[1, 2], [3]])
     with pytest.raises(ValueError, match=r"^ground_truth: expected 4 finite numbers"):
         get_task("refcoco").validate([1, 2, 3], SIZE)
+
+
+def test_point_distances_of_unsigned_integer_points_do_not_wrap():
+    from perception_r1.rewards.matching import point_distances
+
+    a, b = np.array([[0, 0]], dtype=np.uint8), np.array([[3, 4]], dtype=np.uint8)
+    assert point_distances(a, b).tolist() == [[5.0]] and point_distances(b, a).tolist() == [[5.0]]
