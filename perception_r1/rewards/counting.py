@@ -67,9 +67,9 @@ def gt_points(ground_truth: Any) -> np.ndarray:
     value = as_json(ground_truth)
     if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
         raise ValueError(f"ground_truth: expected a list of [x, y] points, got {type(value).__name__}")
-    # Equivalent mutants: ``boxes=None`` is as false as ``False``; the points are float64 already (and an empty list
-    # is float64 by default), and numpy reads any negative size as "the rest".
-    points = [gt_array(p, 2, f"ground_truth[{i}]", boxes=False) for i, p in enumerate(value)]  # pragma: no mutate
+    points = [gt_array(p, 2, f"ground_truth[{i}]", boxes=False) for i, p in enumerate(value)]
+    # Equivalent mutants: the points are float64 already (an empty list is float64 by default), and numpy reads any
+    # negative size as "the rest".
     return np.asarray(points, dtype=np.float64).reshape(-1, 2)  # pragma: no mutate
 
 
