@@ -854,3 +854,10 @@ def test_point_distances_of_unsigned_integer_points_do_not_wrap():
 
     a, b = np.array([[0, 0]], dtype=np.uint8), np.array([[3, 4]], dtype=np.uint8)
     assert point_distances(a, b).tolist() == [[5.0]] and point_distances(b, a).tolist() == [[5.0]]
+
+
+def test_ngram_settings_reach_the_penalty():
+    """21 equal words with ``ngram_size=10``: 12 windows, 1 unique: (1 - 1/12) · -2.0; a -4.0 cap doubles it."""
+    loop = " ".join(["again"] * 21)
+    assert score("geo3k_visual", loop, "2", ngram_size="10")["ngram_penalty"] == pytest.approx(-2.0 * 11 / 12)
+    assert score("geo3k_visual", loop, "2", ngram_max_penalty="-4.0")["ngram_penalty"] == -2.0
