@@ -77,7 +77,8 @@ def _strict(text: str, template: str) -> float:
         if end == -1 or not text[start:end].strip():  # an empty reasoning (or perception) block is no reasoning
             return 0.0
         pos = end + len(separator)
-    answer = text[pos : len(text) - len(_ANSWER_CLOSE)] if pos <= len(text) - len(_ANSWER_CLOSE) else ""
+    # (an overlapping end slices to ""). Equivalent mutant: a later stop only adds "\n</answer>" (no braces).
+    answer = text[pos : len(text) - len(_ANSWER_CLOSE)]  # pragma: no mutate
     boxed = last_boxed(answer, BOXED_ONLY)
     return 1.0 if boxed is not None and boxed.strip() else 0.0
 
