@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .test-venv
 PIP = $(VENV)/bin/pip
 
-.PHONY: test venv lint unit fast bench demo
+.PHONY: test venv lint unit fast bench demo mutation
 
 venv:
 	rm -rf $(VENV)
@@ -33,3 +33,12 @@ bench:
 # merge). Uses the python of the README's install; RESUME=1 STEPS=3 continues from the checkpoint; OUT moves it.
 demo:
 	$(PYTHON) -m perception_r1.demo
+
+# Mutation testing (docs/mutation.md; not part of CI: hours on 2 cores). MODULES restricts the run to mutant-name
+# globs, e.g. MODULES='perception_r1.rewards.*'; JOBS is mutmut's --max-children. Prints the per-module table.
+MODULES ?=
+JOBS ?= 2
+mutation:
+	$(VENV)/bin/pip install -q mutmut==3.8.1
+	$(VENV)/bin/mutmut run --max-children $(JOBS) $(MODULES)
+	$(VENV)/bin/python tools/mutation_report.py

@@ -199,14 +199,15 @@ class ResumeFile:
                     f"{self.path} exists but is not a score resume file; move it away or pass --restart"
                 )
             differs = [
-                what
+                (key, what)
                 for key, what in (("input", "input"), ("settings", "settings"), ("judge", "judge model"))
                 if found.get(key) != header.get(key)
             ]
             if differs or found.get("version") != RESUME_VERSION:
                 raise ResumeMismatch(
-                    f"{self.path} holds rows scored with another {' and '.join(differs) or 'file version'} "
-                    f"(it has {', '.join(_describe(found, k) for k in differs) or found.get('version')}); "
+                    f"{self.path} holds rows scored with another "
+                    f"{' and '.join(what for _, what in differs) or 'file version'} "
+                    f"(it has {', '.join(_describe(found, key) for key, _ in differs) or found.get('version')}); "
                     "rerun with the same input and settings to resume, or pass --restart to score every row again"
                 )
             good = handle.tell()

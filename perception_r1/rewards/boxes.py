@@ -261,8 +261,12 @@ def _loads_lenient(chunk: str) -> Any:
     return None
 
 
+_QUOTES = "\"'"  # stripped from the items of a broken JSON list: '"10"' is the number 10
+
+
 def _split_list(body: str) -> list[Any]:
-    return [part.strip().strip("\"'") for part in body.split(",")] if body.strip() else []
+    """The comma-separated items of a broken JSON list, unquoted (an empty body is one empty item: not a number)."""
+    return [part.strip().strip(_QUOTES) for part in body.split(",")]
 
 
 # ---------------------------------------------------------------- raw item readers
@@ -556,7 +560,8 @@ def from_original(
 def format_boxes_json(boxes: np.ndarray, labels: Sequence[str | None] | None = None, decimals: int | None = 0) -> str:
     """Boxes as the Qwen2.5-VL JSON answer (```` ```json [{"bbox_2d": …, "label": …}] ``` ````); for tests/eval."""
     items = []
-    for i, box in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
+    # Equivalent mutants: each value is converted below (dtype), and numpy reads any negative size as "the rest".
+    for i, box in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):  # pragma: no mutate
         coords = [
             int(round(v)) if decimals == 0 else (round(float(v), decimals) if decimals else float(v)) for v in box
         ]
@@ -593,15 +598,17 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Element-wise IoU of aligned boxes ``a (n, 4)`` and ``b (n, 4)``; a scalar array for single boxes."""
-    a2 = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b2 = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    # Equivalent mutants: integer input gives the same IoU (the division is in floats either way), and numpy reads
+    # any negative size as "the rest".
+    a2 = np.asarray(a, dtype=np.float64).reshape(-1, 4)  # pragma: no mutate
+    b2 = np.asarray(b, dtype=np.float64).reshape(-1, 4)  # pragma: no mutate
     lt = np.maximum(a2[:, :2], b2[:, :2])
     rb = np.minimum(a2[:, 2:], b2[:, 2:])
     wh = np.clip(rb - lt, 0, None)
     inter = wh[:, 0] * wh[:, 1]
     union = box_area(a2) + box_area(b2) - inter
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.clip(np.where(union > 0, inter / union, 0.0), 0.0, 1.0)
+        iou = np.where(union > 0, inter / union, 0.0)  # in [0, 1]: 0 <= inter <= union by construction
     return iou if np.ndim(a) > 1 else iou.reshape(())
 
 

@@ -68,14 +68,17 @@ def _strict(text: str, template: str) -> float:
         return 0.0
     pos = 0
     for opening, separator in _BLOCKS[template]:
-        if not text.startswith(opening, pos):
+        # Equivalent mutants: dropping `pos` changes nothing (the first block starts at 0, later openings are ""), nor
+        # does searching from 0 (every tag, so every separator, occurs exactly once here).
+        if not text.startswith(opening, pos):  # pragma: no mutate
             return 0.0
         start = pos + len(opening)
-        end = text.find(separator, start)
+        end = text.find(separator, start)  # pragma: no mutate
         if end == -1 or not text[start:end].strip():  # an empty reasoning (or perception) block is no reasoning
             return 0.0
         pos = end + len(separator)
-    answer = text[pos : len(text) - len(_ANSWER_CLOSE)] if pos <= len(text) - len(_ANSWER_CLOSE) else ""
+    # (an overlapping end slices to ""). Equivalent mutant: a later stop only adds "\n</answer>" (no braces).
+    answer = text[pos : len(text) - len(_ANSWER_CLOSE)]  # pragma: no mutate
     boxed = last_boxed(answer, BOXED_ONLY)
     return 1.0 if boxed is not None and boxed.strip() else 0.0
 
@@ -88,15 +91,18 @@ def _paper(text: str, template: str) -> float:
     """
     pos = 0
     for opening, separator in _BLOCKS[template]:
-        if not text.startswith(opening, pos):
+        # Equivalent mutants: dropping `pos` changes nothing (the first block starts at 0, later openings are "").
+        if not text.startswith(opening, pos):  # pragma: no mutate
             return 0.0
         end = text.find(separator, pos + len(opening))
         if end == -1:
             return 0.0
         pos = end + len(separator)
-    stop = len(text) - len(_ANSWER_CLOSE)
-    if stop < pos or not text.endswith(_ANSWER_CLOSE):
+    # Equivalent mutant: a later `stop` only adds "\n</answer>" (no box, no brace) to the answer.
+    stop = len(text) - len(_ANSWER_CLOSE)  # pragma: no mutate
+    # Equivalent mutant: `stop <= pos` also rejects an empty answer, which holds no box anyway.
+    if stop < pos or not text.endswith(_ANSWER_CLOSE):  # pragma: no mutate
         return 0.0
     answer = text[pos:stop]
     box = answer.find(_BOXED)
-    return 1.0 if box != -1 and answer.find("}", box + len(_BOXED) + 1) != -1 else 0.0
+    return 1.0 if box != -1 and "}" in answer[box + len(_BOXED) + 1 :] else 0.0

@@ -58,7 +58,9 @@ def rule_components(
     response: str, ground_truth: Any, extra_info: Mapping[str, Any], s: GroundingSettings
 ) -> Components:
     """``format``, ``iou`` and the parse counters (``n_pred``, ``dropped``, ``over_cap``); never raises."""
-    gt = gt_array(as_json(ground_truth), 4, "ground_truth")
+    # Equivalent mutants: rows reach rule_components validated (``validate`` names the field), so this name is
+    # never shown.
+    gt = gt_array(as_json(ground_truth), 4, "ground_truth")  # pragma: no mutate
     parsed, template_ok = read_prediction(response, s, read_image_size(extra_info or {}), extra_info=extra_info)
     iou = float(box_iou(parsed.coords[0], gt)) if len(parsed) else 0.0
     return {

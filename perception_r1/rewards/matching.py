@@ -32,7 +32,7 @@ class Match:
 
 
 def _empty_match() -> Match:
-    return Match(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
+    return Match(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))  # scores: float64
 
 
 def hungarian_match(score: np.ndarray) -> Match:
@@ -65,9 +65,12 @@ def match_boxes(pred: np.ndarray, gt: np.ndarray) -> tuple[Match, np.ndarray]:
 
 def point_distances(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Euclidean distance matrix ``(n_pred, n_gt)`` between points ``(n, 2)`` and ``(m, 2)``."""
-    a = np.asarray(pred, dtype=np.float64).reshape(-1, 2)
-    b = np.asarray(gt, dtype=np.float64).reshape(-1, 2)
-    if len(a) == 0 or len(b) == 0:
+    a = np.asarray(pred, dtype=np.float64)  # floats: integer (and unsigned) inputs must not wrap on subtraction
+    b = np.asarray(gt, dtype=np.float64)
+    # Equivalent mutants: numpy reads any negative size as "the rest"; with one side empty, broadcasting gives the
+    # same (n, m) zeros as the shortcut.
+    a, b = a.reshape(-1, 2), b.reshape(-1, 2)  # pragma: no mutate
+    if len(a) == 0 or len(b) == 0:  # pragma: no mutate
         return np.zeros((len(a), len(b)), dtype=np.float64)
     return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=-1))
 

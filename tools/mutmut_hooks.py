@@ -1,0 +1,83 @@
+"""pytest plugin loaded only by ``make mutation`` (mutmut; see docs/mutation.md), never by the normal test run.
+
+mutmut copies the package into ``mutants/`` and runs pytest there. Many tests start ``python -m perception_r1 ...``
+subprocesses (the ``score`` CLI, the math-verify isolation workers), so this plugin:
+
+- points ``PYTHONPATH`` at ``mutants/`` so a subprocess started from any directory imports the mutated package (the
+  editable install would otherwise give it the original code), and at ``tools/mutmut_site`` whose
+  ``sitecustomize`` reports which functions a subprocess ran while mutmut maps tests to functions ("stats");
+- feeds those subprocess hits into mutmut's per-test map, so a function only a subprocess runs is tested (not
+  "no tests"). Only functions of ``MUTMUT_CHILD_MODULES`` (default: the ``score`` command, the isolation
+  pool and the math-verify check it runs, which run mostly in subprocesses) are taken from subprocesses: every other module has in-process tests,
+  and mapping the slow CLI tests to it too would multiply the run time;
+- runs each mutant's tests cheapest first (durations from mutmut's stats), so ``-x`` stops at the first cheap
+  failure instead of after the slow subprocess tests;
+- sets ``PERCEPTION_R1_SHARED_DATA`` to the checkout's ``../shared/data`` (seen from ``mutants/`` the relative path
+  would be one level off).
+
+The active mutant reaches subprocesses through mutmut's own ``MUTANT_UNDER_TEST`` environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+_HERE = Path.cwd().resolve()
+ACTIVE = _HERE.name == "mutants"
+HITS = _HERE / ".child-hits.txt"
+
+if ACTIVE:
+    _site = _HERE / "tools" / "mutmut_site"
+    _old = os.environ.get("PYTHONPATH", "")
+    if not _old.startswith(f"{_HERE}{os.pathsep}"):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_HERE), str(_site), _old) if p)
+    os.environ.setdefault("PERCEPTION_R1_SHARED_DATA", str(_HERE.parent.parent / "shared" / "data"))
+    os.environ["MUTMUT_CHILD_HITS"] = str(HITS)
+    os.environ.setdefault("MUTMUT_CHILD_MODULES", "perception_r1.commands.,perception_r1.isolation.,perception_r1.rewards.math_answer.")
+
+
+def _stats_mode() -> bool:
+    return ACTIVE and os.environ.get("MUTANT_UNDER_TEST") == "stats"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _stats_mode():
+        HITS.write_text("")  # truncation tells long-lived subprocesses that a new test began
+
+
+def _merge_child_hits() -> None:
+    if not _stats_mode() or not HITS.exists():
+        return
+    from mutmut.state import state
+
+    prefixes = tuple(p for p in os.environ.get("MUTMUT_CHILD_MODULES", "").split(",") if p)
+    names = {line.strip() for line in HITS.read_text().splitlines() if line.strip().startswith(prefixes)}
+    state()._stats.update(names)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    _merge_child_hits()
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Cheapest test files first, and the cheapest tests first within each file (file order is kept together so
+    module-scoped fixtures are set up once)."""
+    if not ACTIVE or os.environ.get("MUTANT_UNDER_TEST", "") in ("", "stats", "fail", "list_all_tests"):
+        return
+    import json
+
+    try:
+        durations = json.loads((_HERE / "mutmut-stats.json").read_text())["duration_by_test"]
+    except (OSError, ValueError, KeyError):
+        return
+    cost = {item.nodeid: durations.get(item.nodeid, 1e9) for item in items}
+    by_file: dict[str, float] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        by_file[path] = min(by_file.get(path, 1e9), cost[item.nodeid])
+    items.sort(key=lambda item: (by_file[item.nodeid.split("::")[0]], item.nodeid.split("::")[0], cost[item.nodeid]))
