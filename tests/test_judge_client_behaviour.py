@@ -190,7 +190,9 @@ def test_finish_reason_and_usage_of_unexpected_types_are_dropped():
         {},
     )
     usage = {"prompt_tokens": 3}
-    assert _parse_completion({"choices": [{"message": {"content": ""}, "finish_reason": "length"}], "usage": usage}) == (
+    assert _parse_completion(
+        {"choices": [{"message": {"content": ""}, "finish_reason": "length"}], "usage": usage}
+    ) == (
         "",
         "length",
         usage,
@@ -258,7 +260,9 @@ def test_describe_names_each_kind_of_failure():
     assert _describe(aiohttp.ServerTimeoutError(), settings) == "timeout (42 s total)"
     assert _describe(asyncio.TimeoutError(), settings) == "timeout (42 s total)"
     assert _describe(asyncio.TimeoutError()) == "timeout"
-    assert _describe(ConnectionRefusedError(errno.ECONNREFUSED, "x"), settings) == "connection error (Connection refused)"
+    assert (
+        _describe(ConnectionRefusedError(errno.ECONNREFUSED, "x"), settings) == "connection error (Connection refused)"
+    )
     assert _describe(OSError("no  route\nto sk-secret"), settings) == "connection error (no route to ****)"
     assert _describe(OSError(), settings) == "connection error"
     assert _describe(OSError(0, "zero errno"), settings) == "connection error ([Errno 0] zero errno)"
@@ -412,7 +416,9 @@ def test_preflight_unreachable_names_the_cause():
         port = sock.getsockname()[1]
     with pytest.raises(JudgeUnavailable) as info:
         preflight(f"http://127.0.0.1:{port}")
-    assert str(info.value) == f"judge at http://127.0.0.1:{port}/v1 is unreachable (connection error (Connection refused))"
+    assert (
+        str(info.value) == f"judge at http://127.0.0.1:{port}/v1 is unreachable (connection error (Connection refused))"
+    )
 
 
 @pytest.mark.parametrize(
