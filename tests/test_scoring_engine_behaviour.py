@@ -284,3 +284,30 @@ def test_settings_are_built_once_per_task_and_bad_values_fail_at_construction():
     assert scorer.settings_for(task) is scorer.settings_for(task) and scorer.settings_for(task).visual_weight == 0.7
     with pytest.raises(ValueError, match="visual_weight"):
         RewardScorer({"visual_weight": "heavy"})
+
+
+def test_prewarm_starts_workers_only_for_tasks_with_an_isolated_check():
+    from perception_r1.isolation import TIMED_OUT
+
+    assert repr(TIMED_OUT) == "TIMED_OUT"
+    idle = RewardScorer(workers=1)
+    idle.prewarm(["no_such_task", "pageocr"])  # unknown names are skipped; OCR has no isolated check
+    assert idle._pool is None
+    scorer = RewardScorer(workers=1)
+    try:
+        scorer.prewarm([GEO3K])
+        module = registry.get_task(GEO3K).isolated.fn.__module__
+        [slot] = scorer.pool._slots
+        for _ in range(30000):  # the worker imports math-verify in the background (generous on a loaded machine)
+            if module in slot.warmed:
+                break
+            time.sleep(0.01)
+        assert slot.warmed == {module}
+    finally:
+        scorer.close()
+    everything = RewardScorer(workers=1)
+    try:
+        everything.prewarm()
+        assert everything._pool is not None
+    finally:
+        everything.close()
