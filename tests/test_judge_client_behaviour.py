@@ -442,3 +442,18 @@ def test_server_version_not_200_or_not_json_is_none():
         assert asyncio.run(JudgeClient(settings_for(root)).server_version(root + "/v1")) is None
     with raw_server({"/version": (200, b"<html>", "text/html")}) as root:
         assert asyncio.run(JudgeClient(settings_for(root)).server_version(root + "/v1")) is None
+
+
+def test_the_connection_pool_is_as_large_as_the_concurrency(server):
+    """aiohttp's default pool holds 100 connections: a client allowed 120 requests in flight must have them all."""
+    server.latency_s = 5.0  # every request waits here, so all 120 are in flight together (local connects are fast)
+    client = JudgeClient(settings_for(server.base_url, max_concurrency=120))
+
+    async def go():
+        try:
+            return await asyncio.gather(*(client.chat(MESSAGES) for _ in range(120)))
+        finally:
+            await client.aclose()
+
+    results = asyncio.run(go())
+    assert all(r.text == REPLY for r in results) and server.max_in_flight > 100
