@@ -311,3 +311,91 @@ def test_prewarm_starts_workers_only_for_tasks_with_an_isolated_check():
         assert everything._pool is not None
     finally:
         everything.close()
+
+
+# ------------------------------------------------------------------------------ structured-output detection
+
+
+def _judged_rows(n: int) -> list[ScoreRow]:
+    return [ScoreRow(GEO3K, GEO_RESPONSE, "6", {"visual_annotations": GEO_FACTS}) for _ in range(n)]
+
+
+def test_an_unreachable_judge_is_asked_again_about_structured_outputs(monkeypatch, caplog):
+    import logging
+
+    from perception_r1 import scoring
+    from perception_r1.judge.client import JudgeClient, JudgeSettings
+
+    caplog.set_level(logging.INFO, logger="perception_r1.scoring")
+    monkeypatch.setattr(scoring, "REDETECT_S", 0.0)
+    with OpenAITestServer(models=["judge"], version=None) as server:
+        server.fail_next(1, status=503)  # the first probe finds the judge down: no verdict on its support
+        settings = JudgeSettings(base_urls=(server.base_url,), model="judge", max_retries=1, backoff_s=0.01)
+        scorer = RewardScorer(judge=JudgeClient(settings), workers=1)
+
+        async def go():
+            try:
+                first = await scorer.score(_judged_rows(1)[0])
+                second = await scorer.score(_judged_rows(1)[0])
+                third = await scorer.score(_judged_rows(1)[0])
+                return first, second, third
+            finally:
+                await scorer.aclose()
+
+        try:
+            results = asyncio.run(go())
+        finally:
+            scorer.close()
+        judge_requests = [
+            r.body for r in server.log if "structured_outputs" not in r.body or r.body["max_tokens"] != 16
+        ]
+    assert [("structured_outputs" in body) for body in judge_requests] == [False, True, True]
+    assert [r.values["visual"] for r in results] == [1.0, 1.0, 1.0]
+    assert scorer.structured is not None and scorer.structured.constrained and scorer.structured.definitive
+    assert sum("judge replies:" in m for m in caplog.messages) == 2  # the first answer, then the change
+
+
+def test_without_a_judge_replies_are_never_constrained():
+    scorer = RewardScorer()
+    assert asyncio.run(scorer.constrained()) is False
+
+
+# ----------------------------------------------------------------------------------------------- score_many
+
+
+def test_score_many_keeps_input_order_counts_progress_and_reports_judge_failures(counting, caplog):
+    scorer = RewardScorer(workers=1)
+    answers = ["good", "bad", "", "good", "other"]
+    done = []
+
+    async def go():
+        rows = [row(a, counting) for a in answers] + _judged_rows(2)
+        return await scorer.score_many(rows, on_done=done.append, window=2)
+
+    try:
+        results = asyncio.run(go())
+    finally:
+        scorer.close()
+    assert [r.values.get("length") for r in results[:5]] == [4.0, 3.0, 0.0, 4.0, 5.0]
+    assert [r.values.get("check") for r in results[:5]] == [1.0, 0.0, 0.25, 1.0, 0.0]
+    assert done == [1] * 7 and all(r.values["judge_failed"] == 1 for r in results[5:])
+    assert "judge failed for 2 of 2 judged rows (visual = 0, judge_failed = 1)" in caplog.text
+
+
+def test_score_stream_takes_each_row_once_and_keys_the_results(counting):
+    scorer = RewardScorer(workers=1)
+    seen = {}
+
+    async def go():
+        pairs = ((f"k{i}", row(a, counting)) for i, a in enumerate(["good", "bad", "good"]))
+        await scorer.score_stream(pairs, lambda key, result: seen.setdefault(key, result), window=8)
+
+    try:
+        asyncio.run(go())
+    finally:
+        scorer.close()
+    assert {k: v.values["check"] for k, v in seen.items()} == {"k0": 1.0, "k1": 0.0, "k2": 1.0}
+
+
+def test_score_many_of_nothing_is_empty():
+    assert asyncio.run(RewardScorer().score_many([])) == []
