@@ -399,3 +399,16 @@ def test_score_stream_takes_each_row_once_and_keys_the_results(counting):
 
 def test_score_many_of_nothing_is_empty():
     assert asyncio.run(RewardScorer().score_many([])) == []
+
+
+def test_a_memoized_check_is_shared_across_event_loops(counting):
+    scorer = RewardScorer(workers=1)
+
+    async def one(answer):
+        return (await scorer.score(row(answer, counting))).values["check"]
+
+    try:
+        values = [asyncio.run(one(a)) for a in ["good", "good", "bad", "good"]]  # a fresh loop each time
+    finally:
+        scorer.close()
+    assert values == [1.0, 1.0, 0.0, 1.0] and evaluations(counting) == ["good", "bad"]
