@@ -52,14 +52,17 @@ def config(**reward_kwargs) -> object:
     )
 
 
-def trajectory(tokenizer, response: str, data_source: str = "geo3k_visual", extra_info=None, ground_truth="6"):
+def trajectory(
+    tokenizer, response: str, data_source: str = "geo3k_visual", extra_info=None, ground_truth="6", pad_id=None
+):
     """One finished trajectory as verl's agent loop hands it to ``run_single`` (right-padded response)."""
     from verl import DataProto
 
     prompt = tokenizer.encode("Find x.")
     ids = tokenizer.encode(response) + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
     pad = 3
-    responses = torch.tensor([ids + [tokenizer.pad_token_id or 0] * pad])
+    pad_id = (tokenizer.pad_token_id or 0) if pad_id is None else pad_id
+    responses = torch.tensor([ids + [pad_id] * pad])
     prompts = torch.tensor([prompt])
     mask = torch.tensor([[1] * (len(prompt) + len(ids)) + [0] * pad])
 
@@ -131,6 +134,36 @@ def test_only_the_valid_response_tokens_are_decoded(tokenizer):
     ids, _ = manager._inputs(trajectory(tokenizer, GOOD))
     assert tokenizer.decode(ids, skip_special_tokens=True) == GOOD
     assert fields == {"data_source": "geo3k_visual", "ground_truth": "6", "extra_info": {"visual_annotations": []}}
+
+
+def test_the_attention_mask_decides_where_the_response_ends(tokenizer):
+    manager = rm.PerceptionRewardManager(config(), tokenizer)
+    visible_pad = tokenizer.encode("zzz")[0]  # a pad id that decoding would not drop on its own
+    ids, _ = manager._inputs(trajectory(tokenizer, GOOD, pad_id=visible_pad))
+    assert tokenizer.decode(ids, skip_special_tokens=True) == GOOD
+
+
+def test_the_last_sequence_of_a_multi_sequence_trajectory_is_scored(tokenizer):
+    from verl import DataProto
+
+    manager = rm.PerceptionRewardManager(config(), tokenizer)
+    first = trajectory(tokenizer, GOOD.replace("{6}", "{7}"))
+    last = trajectory(tokenizer, GOOD)
+    width = max(first.batch["responses"].shape[1], last.batch["responses"].shape[1])
+
+    def widen(data):
+        pad = width - data.batch["responses"].shape[1]
+        tensors = {
+            "prompts": data.batch["prompts"],
+            "responses": torch.nn.functional.pad(data.batch["responses"], (0, pad), value=tokenizer.pad_token_id),
+            "attention_mask": torch.nn.functional.pad(data.batch["attention_mask"], (0, pad)),
+        }
+        tensors["input_ids"] = torch.cat([tensors["prompts"], tensors["responses"]], 1)
+        return DataProto.from_dict(tensors=tensors, non_tensors=dict(data.non_tensor_batch))
+
+    both = DataProto.concat([widen(first), widen(last)])
+    assert run(manager, both)["reward_extra_info"]["accuracy"] == 1.0
+    assert run(manager, DataProto.concat([widen(last), widen(first)]))["reward_extra_info"]["accuracy"] == 0.0
 
 
 def test_an_annotated_row_is_judged_and_settings_reach_the_score(tokenizer, monkeypatch):
