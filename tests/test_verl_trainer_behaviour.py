@@ -136,6 +136,7 @@ class RecordingBase:
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         self.calls.append((global_steps, epoch))
+        self.batches = [*getattr(self, "batches", []), batch]
         metrics["stock/metric"] = 1.0
 
     def _save_checkpoint(self):
@@ -152,7 +153,11 @@ class Guarded(JudgeGuardMixin, RecordingBase):
         self._steps = iter(infos_per_step)
 
     def _reward_infos(self, batch):
-        return next(self._steps)
+        self.read = [*getattr(self, "read", []), batch]
+        rows = next(self._steps)
+        if isinstance(rows, Exception):
+            raise rows
+        return rows
 
 
 def make(monkeypatch, capsys, config, infos_per_step, url="http://judge:8000"):
@@ -174,18 +179,20 @@ def test_each_step_adds_reward_metrics_and_the_breaker_streak(monkeypatch, capsy
     healthy = [info(1.0), info(0.5)]
     trainer, _ = make(monkeypatch, capsys, cfg(), [healthy])
     metrics = {}
-    trainer._compute_metrics(object(), metrics, {}, global_steps=3, epoch=0)
+    the_batch = object()
+    trainer._compute_metrics(the_batch, metrics, {}, global_steps=3, epoch=0)
     assert trainer.calls == [(3, 0)] and metrics["stock/metric"] == 1.0
+    assert trainer.batches == [the_batch] and trainer.read == [the_batch]  # verl's batch, passed on as it is
     assert metrics["reward/score/mean"] == 0.75 and metrics["reward/judge_failure_rate"] == 0.0
     assert metrics["reward/judge_breaker_streak"] == 0.0 and "reward/judge_breaker_tripped" not in metrics
 
 
 def test_a_broken_metrics_read_warns_and_leaves_the_breaker_alone(monkeypatch, capsys, caplog):
-    trainer, _ = make(monkeypatch, capsys, cfg(), [])  # no rows to read: the read raises
+    trainer, _ = make(monkeypatch, capsys, cfg(), [KeyError("extra_fields")])  # the read raises
     metrics = {}
     trainer._compute_metrics(object(), metrics, {}, global_steps=1, epoch=0)
     assert metrics == {"stock/metric": 1.0}
-    assert "could not compute reward training metrics: StopIteration" in caplog.text
+    assert caplog.messages == ["could not compute reward training metrics: KeyError: 'extra_fields'"]
 
 
 def test_the_breaker_trips_saves_a_checkpoint_ends_the_loop_and_fit_raises(monkeypatch, capsys, caplog):
@@ -201,7 +208,7 @@ def test_the_breaker_trips_saves_a_checkpoint_ends_the_loop_and_fit_raises(monke
     line = trainer._judge_stop
     assert line.startswith("judge breaker: reward/judge_failure_rate above 0.20 for 2 consecutive steps (steps 7-8")
     assert line.endswith("; checkpoint /ckpt/global_step_8 (resume with trainer.resume_mode=auto)")
-    assert f"perception_r1: {line}" in capsys.readouterr().err and line in caplog.text
+    assert f"perception_r1: {line}" in capsys.readouterr().err and caplog.messages == [line]
     with pytest.raises(JudgeBreakerTripped) as raised:
         trainer.fit("manager")
     assert str(raised.value) == line and trainer.calls[-1] == ("fit", "manager")
