@@ -51,3 +51,23 @@ def test_padding_in_the_middle_of_a_step_skips_only_that_sample():
     fields = [{"reward_extra_info": info} for info in infos]
     assert reward_infos_from_extra_fields(fields, [False, True, False, False]) == [infos[0], infos[2], infos[3]]
     assert reward_infos_from_extra_fields([None, {"other": 1}, *fields[:1]]) == [infos[0]]
+
+
+def test_bookkeeping_keys_before_components_do_not_hide_them():
+    from perception_r1.verl_plugin.metrics import reward_metrics
+
+    rows = [{"judge_failed": 0, "judge_latency_s": None, "score": 1.0, "visual": 0.5, "scoring_error": 0}]
+    metrics = reward_metrics(rows)
+    assert metrics["reward/score/mean"] == 1.0 and metrics["reward/visual/mean"] == 0.5
+    assert not any(k.startswith("reward/judge_failed") or k.startswith("reward/scoring_error/") for k in metrics)
+
+
+def test_an_unreadable_canary_tally_is_skipped_and_the_next_one_counted():
+    from perception_r1.verl_plugin.metrics import reward_metrics
+
+    def row(canary):
+        return {"score": 1.0, "judge_usage": json.dumps({"requests": 1, "canary": canary})}
+
+    metrics = reward_metrics([row(["x", 0, 0, 0, 0, 0]), row([1, 0, 4]), row([2, 0, 4, 3, 2, 1])])
+    assert metrics["reward/judge_canaries"] == 2.0 and metrics["reward/judge_canary_agreement"] == 0.75
+    assert metrics["reward/judge_canary_hack_rate"] == 0.5
