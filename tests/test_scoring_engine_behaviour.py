@@ -412,3 +412,17 @@ def test_a_memoized_check_is_shared_across_event_loops(counting):
     finally:
         scorer.close()
     assert values == [1.0, 1.0, 0.0, 1.0] and evaluations(counting) == ["good", "bad"]
+
+
+def test_isolated_check_failures_are_logged_at_1_10_100_not_every_time(counting, caplog):
+    scorer = RewardScorer(workers=1)
+
+    async def go():
+        return [await scorer.score(row("raise", counting)) for _ in range(12)]
+
+    try:
+        asyncio.run(go())
+    finally:
+        scorer.close()
+    logged = [m for m in caplog.messages if m.startswith("isolated check check failed")]
+    assert scorer.isolated_errors == 12 and [m.split("(")[1].split(" ")[0] for m in logged] == ["1", "10"]

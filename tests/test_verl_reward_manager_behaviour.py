@@ -299,3 +299,12 @@ def test_no_canaries_without_a_judge_or_when_turned_off(tokenizer, monkeypatch):
     assert rm.PerceptionRewardManager(config(), tokenizer).canaries is None
     monkeypatch.setenv("VLLM_SERVER_BASE_URL", "http://127.0.0.1:9")
     assert rm.PerceptionRewardManager(config(judge_canaries_per_step=0), tokenizer).canaries is None
+
+
+def test_scoring_errors_are_logged_at_1_10_100_not_every_time(tokenizer, caplog):
+    manager = rm.PerceptionRewardManager(config(), tokenizer)
+    data = trajectory(tokenizer, GOOD, data_source="no_such_task")
+    for _ in range(11):
+        assert run(manager, data)["reward_extra_info"][SCORING_ERROR] == 1
+    logged = [m for m in caplog.messages if m.startswith("could not score a trajectory")]
+    assert manager.scoring_errors == 11 and [m.split("(")[1].split(" ")[0] for m in logged] == ["1", "10"]
