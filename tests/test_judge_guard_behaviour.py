@@ -140,7 +140,12 @@ def test_parse_version_of_nothing_is_none():
 def _detect(server_kwargs, structured="auto"):
     with OpenAITestServer(models=["judge"], **server_kwargs) as server:
         settings = JudgeSettings(
-            base_urls=(server.base_url,), model="judge", structured_outputs=structured, max_retries=3, backoff_s=0.01
+            base_urls=(server.base_url,),
+            model="judge",
+            structured_outputs=structured,
+            max_retries=3,
+            backoff_s=0.01,
+            temperature=0.7,  # a sampling judge: the probe still asks for a deterministic reply
         )
         support = detect_structured_outputs_sync(settings)
         return support, [record.body for record in server.log], server.base_url
@@ -165,7 +170,7 @@ def test_the_probe_asks_once_for_a_short_deterministic_constrained_reply():
 
 def test_a_probe_that_is_ignored_says_what_came_back():
     support, bodies, url = _detect({"version": None, "structured_outputs": False})
-    assert not support.constrained and support.definitive and len(bodies) == 1
+    assert support.constrained is False and support.definitive and len(bodies) == 1
     assert support.reason.startswith(f"{url} ignored a probe regex (replied ")
     assert support.describe().startswith("judge replies: free text, parsed leniently (")
 
