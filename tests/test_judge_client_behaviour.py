@@ -457,3 +457,31 @@ def test_the_connection_pool_is_as_large_as_the_concurrency(server):
 
     results = asyncio.run(go())
     assert all(r.text == REPLY for r in results) and server.max_in_flight > 100
+
+
+def test_a_preflight_that_times_out_names_its_own_limit():
+    async def slow(request):
+        await asyncio.sleep(4)
+        return web.json_response({"data": [{"id": "judge"}]})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", slow)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        client = JudgeClient(settings_for(f"http://127.0.0.1:{port}", timeout_s=300))
+        with pytest.raises(JudgeUnavailable) as info:
+            client.preflight_sync(timeout_s=1)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+    # the preflight's own 1 s, not the 300 s a chat request may take
+    assert str(info.value) == f"judge at http://127.0.0.1:{port}/v1 is unreachable (timeout (1 s total))"
