@@ -150,3 +150,30 @@ def test_run_judge_asks_like_the_reward_and_reports_progress(constrained):
         bodies = [record.body for record in server.log]
     assert [r.row for r in results] == rows and all(r.prompt == "paper" and not r.failed for r in results)
     assert len(done) == 4 and all(("structured_outputs" in b) is constrained for b in bodies)
+
+
+def test_a_yes_man_judge_is_warned_about_precision():
+    row = LabelledRow("r", ("a", "b"), (1, 0), "partial", 1)
+    warnings = summarize([RowResult(row, [1, 1], False)]).warnings
+    assert "precision 0.500 is below 0.900" in warnings
+
+
+def test_a_summary_of_nothing_has_no_numbers_and_does_not_crash():
+    report = summarize([])
+    assert report.metrics["visual_max_error"] is None and report.metrics["agreement"] is None
+    assert report.warnings == [] and report.by_kind == {}
+
+
+def test_run_judge_sends_free_text_requests_by_default():
+    with OpenAITestServer(models=["judge"]) as server:
+        client = JudgeClient(JudgeSettings(base_urls=(server.base_url,), model="judge", max_retries=0))
+
+        async def go():
+            try:
+                return await run_judge(client, load_rows()[:1])
+            finally:
+                await client.aclose()
+
+        [result] = asyncio.run(go())
+        [record] = server.log
+    assert "structured_outputs" not in record.body and result.prompt == "paper"
