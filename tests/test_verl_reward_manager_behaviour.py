@@ -308,3 +308,20 @@ def test_scoring_errors_are_logged_at_1_10_100_not_every_time(tokenizer, caplog)
         assert run(manager, data)["reward_extra_info"][SCORING_ERROR] == 1
     logged = [m for m in caplog.messages if m.startswith("could not score a trajectory")]
     assert manager.scoring_errors == 11 and [m.split("(")[1].split(" ")[0] for m in logged] == ["1", "10"]
+
+
+def test_isolation_workers_are_an_integer_share_of_the_cpus(monkeypatch):
+    monkeypatch.setattr(rm.os, "cpu_count", lambda: 4)
+    share = rm._default_isolation_workers(OmegaConf.create({"reward": {"num_workers": 2}}))
+    assert share == 2 and type(share) is int
+    assert rm._default_isolation_workers(OmegaConf.create({})) == 4  # unknown reward workers: one
+    assert rm._default_isolation_workers(OmegaConf.create({"reward": {"num_workers": 1}})) == 4
+    monkeypatch.setattr(rm.os, "cpu_count", lambda: None)
+    assert rm._default_isolation_workers(OmegaConf.create({"reward": {"num_workers": 1}})) == 1
+
+
+def test_config_int_reads_attributes_or_items():
+    from types import SimpleNamespace
+
+    assert rm._config_int(SimpleNamespace(reward=SimpleNamespace(num_workers=3)), "reward.num_workers", 1) == 3
+    assert rm._config_int({"a": {"b": 2}}, "a.b", 9) == 2
