@@ -38,7 +38,8 @@ class CanaryTally:
     hacked: int = 0
 
     def __add__(self, other: CanaryTally) -> CanaryTally:
-        return CanaryTally(*(a + b for a, b in zip(self.as_list(), other.as_list(), strict=True)))
+        # equivalent mutants: strict=True only guards lengths that are equal by construction
+        return CanaryTally(*(a + b for a, b in zip(self.as_list(), other.as_list(), strict=True)))  # pragma: no mutate
 
     @property
     def agreement(self) -> float | None:
@@ -62,7 +63,8 @@ def tally_row(row: LabelledRow, verdict: VisualVerdict, prompt: str) -> CanaryTa
     if verdict.failed:
         return CanaryTally(rows=1, failed=1)
     labels = row.labels_for(prompt)
-    pairs = list(zip(verdict.verdicts, labels, strict=True))
+    # equivalent mutants: strict=True only guards lengths that are equal by construction
+    pairs = list(zip(verdict.verdicts, labels, strict=True))  # pragma: no mutate
     adversarial = row.kind in ADVERSARIAL_KINDS
     return CanaryTally(
         rows=1,
@@ -81,7 +83,8 @@ async def run_canaries(
         *(judge_visual(client, r.annotations, r.response, prompt=prompt, constrained=constrained) for r in rows)
     )
     total = CanaryTally()
-    for row, verdict in zip(rows, verdicts, strict=True):
+    # equivalent mutants: strict=True only guards lengths that are equal by construction
+    for row, verdict in zip(rows, verdicts, strict=True):  # pragma: no mutate
         total = total + tally_row(row, verdict, prompt)
     return total, list(verdicts)
 

@@ -421,10 +421,10 @@ class JudgeClient:
         """Check every replica answers ``GET /models`` and serves ``settings.model``; raise :class:`JudgeUnavailable`."""
         import aiohttp
 
+        connect_s = min(timeout_s, self.settings.connect_timeout_s)
+        limits = self.settings.with_(timeout_s=timeout_s, connect_timeout_s=connect_s)  # what errors name
         async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(
-                total=timeout_s, sock_connect=min(timeout_s, self.settings.connect_timeout_s)
-            ),
+            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_s),
             headers=self._headers,
         ) as session:
             for url in self.settings.base_urls:
@@ -434,9 +434,7 @@ class JudgeClient:
                         payload = await response.read()
                         status = response.status
                 except Exception as exc:
-                    raise JudgeUnavailable(
-                        f"{role} at {url} is unreachable ({_describe(exc, self.settings)})"
-                    ) from None
+                    raise JudgeUnavailable(f"{role} at {url} is unreachable ({_describe(exc, limits)})") from None
                 if status >= 400:
                     text = _scrub(_error_message(payload), self.settings.api_key)
                     detail = f"HTTP {status}" + (f": {text}" if text else "")

@@ -116,12 +116,14 @@ def build_visual_messages(
     the ``prompt``'s question (:data:`PROMPTS`)."""
     messages: list[dict] = [{"role": "system", "content": _SYSTEM[check_prompt(prompt)]}]
     for example_annotations, example_response, example_reply in FEW_SHOT[prompt]:
-        example_boundary = "=====RESPONSE-example====="
+        # the examples' fence is a fixed label (its text is not a behaviour; the layout is tested):
+        example_boundary = "=====RESPONSE-example====="  # pragma: no mutate
         messages.append(
             {"role": "user", "content": _user_message(example_annotations, example_response, example_boundary)}
         )
         messages.append({"role": "assistant", "content": example_reply})
-    boundary = boundary or f"=====RESPONSE-{secrets.token_hex(6)}====="
+    nonce = secrets.token_hex(6)  # pragma: no mutate (equivalent: any length of random hex is unguessable)
+    boundary = boundary or f"=====RESPONSE-{nonce}====="
     messages.append({"role": "user", "content": _user_message(annotations, response, boundary)})
     return messages
 

@@ -45,7 +45,8 @@ def fetch_reward_infos(batch: Any, kv_batch_get: Any = None) -> list[Any]:
     kv_batch_get = kv_batch_get or tq.kv_batch_get
     data = kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
     extra_fields = data.pop("extra_fields")
-    extra_fields = extra_fields.tolist() if hasattr(extra_fields, "tolist") else list(extra_fields)
+    # equivalent mutants: tolist() and list() give the same elements here
+    extra_fields = extra_fields.tolist() if hasattr(extra_fields, "tolist") else list(extra_fields)  # pragma: no mutate
     padding = [bool(tag.get("is_padding", False)) for tag in batch.tags] if batch.tags else None
     if padding is not None and len(padding) != len(extra_fields):
         padding = None

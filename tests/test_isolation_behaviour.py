@@ -1,0 +1,148 @@
+"""Promises of the hard-timeout pool that mutation testing found unguarded: a task's stray prints never corrupt
+the frame stream, large results cross the pipe whole, a fresh worker runs its module's ``warm_worker()`` hook, a
+cancelled task is skipped, an unpicklable task fails alone, the default worker count, and a closed pool.
+
+Tasks are module-level functions of this file: the worker processes import it (``PYTHONPATH`` below)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+
+from perception_r1 import isolation
+from perception_r1.isolation import TIMED_OUT, HardTimeoutPool
+
+WARMED = False
+
+
+def warm_worker() -> None:
+    """Called once in a fresh worker before its first task from this module."""
+    global WARMED
+    WARMED = True
+
+
+def was_warmed() -> bool:
+    return WARMED
+
+
+def noisy(value: int) -> int:
+    print("a stray print from a task", value)  # must not reach the frame stream
+    return value * 2
+
+
+def big(size: int) -> str:
+    return "x" * size
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    p = HardTimeoutPool(workers=1)
+    yield p
+    p.close()
+
+
+def test_stray_prints_and_large_results_cross_the_pipe_whole(pool):
+    assert pool.submit(noisy, (21,), timeout_s=120).result(300) == 42
+    size = 5 * (1 << 20) + 7  # larger than one read chunk (1 MiB) and one pipe buffer
+    assert pool.submit(big, (size,), timeout_s=120).result(300) == "x" * size
+    assert pool.submit(noisy, (1,), timeout_s=120).result(300) == 2  # the stream is still in step
+
+
+def test_a_fresh_worker_runs_the_modules_warm_hook(pool):
+    assert pool.submit(was_warmed, (), timeout_s=120).result(300) is True
+
+
+def test_prewarm_warms_the_module_in_the_background(pool):
+    pool.prewarm(__name__)
+    [slot] = pool._slots
+    for _ in range(30000):
+        if __name__ in slot.warmed:
+            break
+        time.sleep(0.01)
+    assert slot.warmed == {__name__} and pool.submit(was_warmed, (), timeout_s=120).result(300) is True
+
+
+def test_a_task_error_names_its_type_and_the_worker_survives(pool):
+    future = pool.submit(fail, ("bad input",), timeout_s=120)
+    with pytest.raises(RuntimeError, match=r"^ValueError: bad input$"):
+        future.result(300)
+    process = pool._slots[0].process
+    assert pool.submit(noisy, (2,), timeout_s=120).result(300) == 4 and pool._slots[0].process is process
+
+
+def test_a_cancelled_task_is_skipped(pool):
+    blocker = pool.submit(nap, (1.0,), timeout_s=120)
+    cancelled = pool.submit(noisy, (3,), timeout_s=120)
+    assert cancelled.cancel()
+    after = pool.submit(noisy, (4,), timeout_s=120)
+    assert blocker.result(300) == 1.0 and after.result(300) == 8 and cancelled.cancelled()
+
+
+def test_an_unpicklable_task_fails_alone(pool):
+    future = pool.submit(lambda: 1, (), timeout_s=120)
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        future.result(300)
+    assert pool.submit(noisy, (5,), timeout_s=120).result(300) == 10
+
+
+def test_a_timed_out_worker_is_replaced_and_warmed_again(pool):
+    assert pool.submit(nap, (600,), timeout_s=0.5).result(300) is TIMED_OUT
+    assert pool.timeouts == 1 and not pool._slots[0].warmed  # the killed worker's warm state is gone
+    assert pool.submit(was_warmed, (), timeout_s=120).result(300) is True
+
+
+def test_default_worker_count_is_the_cpus_at_most_eight(monkeypatch):
+    for cpus, expected in ((3, 3), (32, 8), (None, 1)):
+        monkeypatch.setattr(isolation.os, "cpu_count", lambda cpus=cpus: cpus)
+        p = HardTimeoutPool()
+        try:
+            assert p.workers == expected and len(p._slots) == expected
+        finally:
+            p.close()
+    p = HardTimeoutPool(workers=0)  # at least one
+    try:
+        assert p.workers == 1
+    finally:
+        p.close()
+
+
+def test_a_closed_pool_refuses_work_and_stops_its_workers(pool):
+    assert pool.submit(noisy, (1,), timeout_s=120).result(300) == 2
+    [slot] = pool._slots
+    process = slot.process
+    pool.close()
+    assert process.poll() is not None and slot.process is None and not slot.thread.is_alive()
+    with pytest.raises(RuntimeError, match="^pool is closed$"):
+        pool.submit(noisy, (1,), timeout_s=1)
+    pool.prewarm(__name__)
+    assert pool.tasks.empty()  # nothing queued on a closed pool
+    pool.close()  # idempotent
+
+
+def test_frames_round_trip_through_a_pipe():
+    read_fd, write_fd = os.pipe()
+    try:
+        isolation._write_frame(write_fd, {"a": [1, 2, 3]})
+        assert isolation._read_frame(read_fd) == {"a": [1, 2, 3]}
+        os.close(write_fd)
+        write_fd = -1
+        with pytest.raises(EOFError, match="worker pipe closed"):
+            isolation._read_frame(read_fd)
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
