@@ -185,13 +185,14 @@ def test_each_step_adds_reward_metrics_and_the_breaker_streak(monkeypatch, capsy
     assert trainer.batches == [the_batch] and trainer.read == [the_batch]  # verl's batch, passed on as it is
     assert metrics["reward/score/mean"] == 0.75 and metrics["reward/judge_failure_rate"] == 0.0
     assert metrics["reward/judge_breaker_streak"] == 0.0 and "reward/judge_breaker_tripped" not in metrics
+    assert metrics["reward/metrics_error"] == 0.0
 
 
 def test_a_broken_metrics_read_warns_and_leaves_the_breaker_alone(monkeypatch, capsys, caplog):
     trainer, _ = make(monkeypatch, capsys, cfg(), [KeyError("extra_fields")])  # the read raises
     metrics = {}
     trainer._compute_metrics(object(), metrics, {}, global_steps=1, epoch=0)
-    assert metrics == {"stock/metric": 1.0}
+    assert metrics == {"stock/metric": 1.0, "reward/metrics_error": 1.0}  # the miss is counted on the step
     assert caplog.messages == ["could not compute reward training metrics: KeyError: 'extra_fields'"]
 
 
