@@ -228,7 +228,8 @@ def test_judge_error_defaults_say_nothing_was_tried():
     "payload, message",
     [
         (b'{"error": {"message": "bad  model\\n name"}}', "bad model name"),  # OpenAI's shape, one line
-        (b'{"error": {"code": 1}}', ""),  # an error object without a message
+        (b'{"error": {"code": 1}}', '{"error": {"code": 1}}'),  # no message anywhere: the raw body, not ""
+        (b'{"status": "down  for\nmaintenance"}', '{"status": "down for maintenance"}'),
         (b'{"detail": "Not Found"}', "Not Found"),  # FastAPI's
         (b'{"detail": {"message": "nested"}}', "nested"),
         (b'{"message": "top level"}', "top level"),  # neither: the body's own message

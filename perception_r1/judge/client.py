@@ -242,6 +242,8 @@ def _error_message(payload: bytes) -> str:
         error = body.get("error", body.get("detail", body)) if isinstance(body, dict) else body
         message = error.get("message", "") if isinstance(error, dict) else str(error)
     except ValueError:
+        message = ""
+    if not message:  # not JSON, or JSON without a message anywhere: the body as it came
         message = payload.decode("utf-8", "replace")
     return " ".join(str(message).split())
 
