@@ -325,3 +325,10 @@ def test_config_int_reads_attributes_or_items():
 
     assert rm._config_int(SimpleNamespace(reward=SimpleNamespace(num_workers=3)), "reward.num_workers", 1) == 3
     assert rm._config_int({"a": {"b": 2}}, "a.b", 9) == 2
+
+
+def test_one_reward_worker_gets_the_whole_judge_budget(capsys):
+    """``reward.num_workers=1``: no split, the single worker may use all of ``JUDGE_MAX_CONCURRENCY``."""
+    settings = JudgeSettings(base_urls=("http://a/v1",), max_concurrency=5, timeout_s=30, connect_timeout_s=2)
+    assert rm.worker_judge_settings(settings, OmegaConf.create({"reward": {"num_workers": 1}})).max_concurrency == 5
+    assert rm.worker_judge_settings(settings, OmegaConf.create({})).max_concurrency == 5  # verl's default here: 1
