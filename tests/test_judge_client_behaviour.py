@@ -12,6 +12,7 @@ import errno
 import json
 import socket
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import aiohttp
@@ -346,10 +347,15 @@ def test_settings_at_their_minimum_are_accepted():
 
 
 @contextmanager
-def raw_server(routes: dict[str, tuple[int, bytes, str]]):
-    """A real aiohttp server on 127.0.0.1 answering ``GET <path>`` with a fixed ``(status, body, content type)``."""
+def raw_server(routes: dict[str, tuple[int, bytes, str] | Callable]):
+    """A real aiohttp server on 127.0.0.1 answering ``GET <path>`` with a fixed ``(status, body, content type)``,
+    or with an aiohttp handler of its own (for a server that answers late)."""
     app = web.Application()
-    for path, (status, body, ctype) in routes.items():
+    for path, answer in routes.items():
+        if callable(answer):
+            app.router.add_get(path, answer)
+            continue
+        status, body, ctype = answer
 
         async def handler(request, status=status, body=body, ctype=ctype):
             return web.Response(status=status, body=body, content_type=ctype)
@@ -465,24 +471,9 @@ def test_a_preflight_that_times_out_names_its_own_limit():
         await asyncio.sleep(4)
         return web.json_response({"data": [{"id": "judge"}]})
 
-    app = web.Application()
-    app.router.add_get("/v1/models", slow)
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        client = JudgeClient(settings_for(f"http://127.0.0.1:{port}", timeout_s=300))
+    with raw_server({"/v1/models": slow}) as url:
+        client = JudgeClient(settings_for(url, timeout_s=300))
         with pytest.raises(JudgeUnavailable) as info:
             client.preflight_sync(timeout_s=1)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
     # the preflight's own 1 s, not the 300 s a chat request may take
-    assert str(info.value) == f"judge at http://127.0.0.1:{port}/v1 is unreachable (timeout (1 s total))"
+    assert str(info.value) == f"judge at {url}/v1 is unreachable (timeout (1 s total))"
