@@ -236,4 +236,8 @@ def _close_live_pools() -> None:
 
 
 if __name__ == "__main__":
-    worker_main()
+    # Run the importable module's function, not this ``__main__`` copy's: the tasks' pickled references and
+    # tools that key on ``__module__`` (mutation testing maps ``perception_r1.isolation.worker_main``) see one module.
+    from perception_r1.isolation import worker_main as _worker_main
+
+    _worker_main()
