@@ -6,6 +6,7 @@ input row, in input order, written atomically."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -65,18 +66,24 @@ def journal_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in lines[1:-1] if line.strip()]  # line 0 is the header
 
 
-def interrupt(cmd: list[str], server: OpenAITestServer, sig: int, after: int) -> subprocess.CompletedProcess:
-    """Start ``cmd`` in its own process group and send ``sig`` to the group once ``after`` judge calls arrived."""
+def interrupt(cmd: list[str], server: OpenAITestServer, sig: int, answered: int) -> subprocess.CompletedProcess:
+    """Start ``cmd`` in its own process group, let the judge answer ``answered`` requests and hold every later one,
+    then send ``sig`` to the group once the run is waiting on held requests: it is interrupted mid-run however fast
+    or slow the machine (no race with the run finishing), with at least ``answered - 2`` rows done (concurrency 2).
+    The held requests are released for the next run."""
+    server.fail_next(answered)  # answered normally
+    server.fail_next(10**9, hang_s=math.inf)  # then held until the server stops
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True
     )
     deadline = time.monotonic() + 300
-    while server.request_count < after:
+    while server.request_count < answered + 1:
         assert proc.poll() is None, proc.communicate()[1]
         assert time.monotonic() < deadline, "the judge was never called"
         time.sleep(0.02)
     os.killpg(proc.pid, sig)
     stdout, stderr = proc.communicate(timeout=120)
+    server.faults.clear()  # the next run is answered again
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
@@ -104,7 +111,7 @@ def test_interrupted_run_resumes_asking_only_for_rows_not_done(tmp_path, slow_ju
     out = tmp_path / "scores.jsonl"
     resume = tmp_path / "scores.jsonl.resume.jsonl"
     cmd = command(src, out, slow_judge)
-    first = interrupt(cmd, slow_judge, sig, after=12)
+    first = interrupt(cmd, slow_judge, sig, answered=12)
     assert first.returncode != 0
     if sig != signal.SIGKILL:
         assert first.returncode == 130
@@ -129,7 +136,7 @@ def test_resume_is_refused_with_other_settings_model_or_input(tmp_path, slow_jud
     src = write_rows(tmp_path / "rollouts.jsonl", rollouts())
     out = tmp_path / "scores.jsonl"
     resume = tmp_path / "scores.jsonl.resume.jsonl"
-    interrupt(command(src, out, slow_judge), slow_judge, signal.SIGINT, after=8)
+    interrupt(command(src, out, slow_judge), slow_judge, signal.SIGINT, answered=8)
     assert resume.exists()
     before = resume.read_bytes()
 
@@ -180,7 +187,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_pat
 
     src = write_rows(tmp_path / "rollouts.jsonl", rollouts(4))
     out = tmp_path / "scores.jsonl"
-    interrupt(command(src, out, slow_judge), slow_judge, signal.SIGKILL, after=1)  # leaves a resume file
+    interrupt(command(src, out, slow_judge), slow_judge, signal.SIGKILL, answered=1)  # leaves a resume file
     resume = tmp_path / "scores.jsonl.resume.jsonl"
     with open(resume, "rb") as held:  # stands in for a first run still writing
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
