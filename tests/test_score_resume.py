@@ -74,7 +74,15 @@ def interrupt(cmd: list[str], server: OpenAITestServer, sig: int, answered: int)
     server.fail_next(answered)  # answered normally
     server.fail_next(10**9, hang_s=math.inf)  # then held until the server stops
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        start_new_session=True,
+        # a terminal's foreground job gets Ctrl-C; a parent that ignores SIGINT (a background job of a script, a
+        # test runner's worker) would hand that on through exec, and Python would then never raise KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     while server.request_count < answered + 1:
