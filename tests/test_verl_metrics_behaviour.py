@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import json
 
-from perception_r1.verl_plugin.metrics import judge_step, reward_infos_from_extra_fields
+from perception_r1.verl_plugin.metrics import (
+    judge_step,
+    parse_judge_usage,
+    reward_infos_from_extra_fields,
+    reward_metrics,
+)
 
 
 def failed(error: str | None, done_at: float | None) -> dict:
@@ -71,3 +76,54 @@ def test_an_unreadable_canary_tally_is_skipped_and_the_next_one_counted():
     metrics = reward_metrics([row(["x", 0, 0, 0, 0, 0]), row([1, 0, 4]), row([2, 0, 4, 3, 2, 1])])
     assert metrics["reward/judge_canaries"] == 2.0 and metrics["reward/judge_canary_agreement"] == 0.75
     assert metrics["reward/judge_canary_hack_rate"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------- reward_metrics
+
+
+def usage_row(score: float, latency: float | None = 0.2, failed: int = 0, **usage) -> dict:
+    return {"score": score, "judge_failed": failed, "judge_latency_s": latency, "judge_usage": json.dumps(usage)}
+
+
+def test_the_console_shows_the_score_first_then_the_components_by_name():
+    """verl's console logger prints metrics in dict order: the reward a user watches comes first."""
+    metrics = reward_metrics([{"visual": 0.5, "accuracy": 1.0, "score": 0.8, "format": 1.0}])
+    assert list(metrics)[:4] == [
+        "reward/score/mean",
+        "reward/accuracy/mean",
+        "reward/format/mean",
+        "reward/visual/mean",
+    ]
+
+
+def test_text_fields_are_never_metrics_even_when_they_read_as_numbers():
+    metrics = reward_metrics([{"score": 1.0, "note": "2.5", "raw": b"3", "missing": None}])
+    assert metrics == {"reward/score/mean": 1.0}
+
+
+def test_the_scoring_error_rate_counts_every_failed_row():
+    rows = [{"score": 0.0, "scoring_error": 1}, {"score": 0.0, "scoring_error": 1}, {"score": 1.0, "scoring_error": 0}]
+    assert reward_metrics(rows)["reward/scoring_error_rate"] == 2 / 3
+
+
+def test_one_failed_and_one_answered_row_fail_at_half_the_rate():
+    metrics = reward_metrics([usage_row(1.0), usage_row(0.0, latency=None, failed=1)])
+    assert metrics["reward/judge_failure_rate"] == 0.5
+
+
+def test_a_usage_without_completion_times_gives_no_exposed_time():
+    metrics = reward_metrics([usage_row(1.0, requests=1, started_at=5.0)])
+    assert metrics["reward/judge_requests"] == 1.0 and "reward/judge_exposed_s" not in metrics
+    metrics = reward_metrics([usage_row(1.0, requests=1, done_at=5.0)])
+    assert "reward/judge_exposed_s" not in metrics
+
+
+def test_the_constrained_share_is_over_the_judged_rows():
+    rows = [usage_row(1.0, constrained=1), usage_row(0.5, constrained=0), usage_row(0.0, constrained=0)]
+    assert reward_metrics(rows)["reward/judge_constrained"] == 1 / 3
+
+
+def test_a_usage_that_is_not_an_object_is_no_usage():
+    assert parse_judge_usage('{"requests": 2}') == {"requests": 2}
+    assert parse_judge_usage("[1, 2]") is None and parse_judge_usage("3") is None and parse_judge_usage("{") is None
+    assert "reward/judge_requests" not in reward_metrics([{"score": 1.0, "judge_usage": "[1, 2]"}])

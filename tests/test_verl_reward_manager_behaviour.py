@@ -275,6 +275,22 @@ def test_reward_worker_index_outside_ray_is_none():
     assert rm.reward_worker_index() is None
 
 
+def test_the_worker_index_is_read_from_verls_reward_actor_name_only():
+    """verl names its reward actors ``reward_loop_worker_<i>``; any other actor (or none) has no index (a wrong
+    index would give the worker another worker's share of the judge budget)."""
+    assert rm.worker_index_from_actor_name("reward_loop_worker_0") == 0
+    assert rm.worker_index_from_actor_name("reward_loop_worker_12") == 12
+    for other in (
+        None,
+        "",
+        "reward_loop_worker_",
+        "reward_loop_worker_1x",
+        "my_reward_loop_worker_1",
+        "REWARD_LOOP_WORKER_1",
+    ):
+        assert rm.worker_index_from_actor_name(other) is None, other
+
+
 def test_canaries_ride_with_trajectories_and_are_tallied(tokenizer, monkeypatch):
     from perception_r1.judge.calibration import load_rows
     from perception_r1.testing.openai_server import labelled_judge

@@ -72,6 +72,8 @@ def test_fetch_without_tags_or_with_mismatched_tags_keeps_every_row():
     assert fetch_reward_infos(KVBatchMeta(keys=[], tags=[], partition_id="p"), store(infos)[0]) == infos
     three = KVBatchMeta(keys=["a", "b", "c"], tags=[{"is_padding": True}] * 3, partition_id="p")
     assert fetch_reward_infos(three, kv_batch_get) == infos  # 3 tags for 2 rows: padding unknown, nothing dropped
+    untagged = KVBatchMeta(keys=["a", "b"], tags=[{}, {"is_padding": False}], partition_id="p")
+    assert fetch_reward_infos(untagged, kv_batch_get) == infos  # no padding tag: a real sample
     listed = lambda keys, partition_id, select_fields: {"extra_fields": [{"reward_extra_info": infos[0]}]}  # noqa: E731
     assert fetch_reward_infos(KVBatchMeta(keys=["a"], tags=[{}], partition_id="p"), listed) == [infos[0]]
 
@@ -170,6 +172,13 @@ def test_init_prints_the_start_lines_and_knows_the_judge(monkeypatch, capsys):
     trainer, err = make(monkeypatch, capsys, cfg(), [])
     assert trainer._judge_breaker.urls == ["http://judge:8000/v1"] and trainer._judge_stop is None
     assert err.count("perception_r1: ") == 2 and "perception_r1: judge guard: failure policy abort" in err
+    assert "split over reward.num_workers=2 reward workers" in err  # the run's config, not a default
+
+
+def test_init_takes_the_guard_from_the_runs_config(monkeypatch, capsys):
+    trainer, err = make(monkeypatch, capsys, cfg(judge_failure_policy="zero", judge_failure_patience=5), [])
+    assert trainer._judge_guard == JudgeGuardSettings(judge_failure_policy="zero", judge_failure_patience=5)
+    assert "failure policy zero" in err
     monkeypatch.delenv("VLLM_SERVER_BASE_URL")
     alone = Guarded(cfg(), [])
     assert alone._judge_breaker.urls == [] and "perception_r1: judge: none configured" in capsys.readouterr().err
@@ -229,11 +238,18 @@ def test_fit_without_a_trip_returns(monkeypatch, capsys):
         (0, 7, 100, [], "; no checkpoint saved (trainer.save_freq <= 0)"),
         (-1, 7, 100, [], "; no checkpoint saved (trainer.save_freq <= 0)"),
         (None, 7, 100, [], "; no checkpoint saved (trainer.save_freq <= 0)"),
+        ("absent", 7, 100, [], "; no checkpoint saved (trainer.save_freq <= 0)"),
+        (1, 7, 100, [], "; checkpoint /ckpt/global_step_7 (resume with trainer.resume_mode=auto)"),  # every step
+        (5, 99, 99, [], "; checkpoint /ckpt/global_step_99 (resume with trainer.resume_mode=auto)"),  # last, off-freq
+        (5, 98, 99, [98], "; checkpoint /ckpt/global_step_98 (resume with trainer.resume_mode=auto)"),
     ],
 )
 def test_checkpoint_before_stop(monkeypatch, capsys, save_freq, step, total, saved, note):
     config = cfg()
-    config.trainer.save_freq = save_freq
+    if save_freq == "absent":
+        del config.trainer["save_freq"]
+    else:
+        config.trainer.save_freq = save_freq
     trainer, _ = make(monkeypatch, capsys, config, [])
     trainer.global_steps, trainer.total_training_steps = step, total
     assert trainer._checkpoint_before_stop() == note and trainer.saved == saved

@@ -32,6 +32,12 @@ PLUGIN_KWARGS = _plugin_kwargs()
 judge guard rails of :class:`perception_r1.judge.guard.JudgeGuardSettings`); every other key is a task setting."""
 
 
+def say(line: str) -> None:
+    """Print one ``perception_r1: <line>`` to stderr: the driver's console and Ray's forwarded worker logs show it
+    with verl's own lines (the start-up budget, the judge guard, the breaker's stop)."""
+    print(f"perception_r1: {line}", file=sys.stderr, flush=True)
+
+
 def split_reward_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(task settings, plugin settings)``.
 

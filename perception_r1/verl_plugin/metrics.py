@@ -137,7 +137,7 @@ def reward_metrics(infos: Iterable[Mapping[str, Any] | None], prefix: str = PREF
     if failed + succeeded:
         metrics[f"{prefix}/judge_failure_rate"] = failed / (failed + succeeded)
     if latencies:
-        p50, p95 = np.percentile(np.asarray(latencies, dtype=float), [50, 95])
+        p50, p95 = np.percentile(latencies, [50, 95])
         metrics[f"{prefix}/judge_latency_p50"] = float(p50)
         metrics[f"{prefix}/judge_latency_p95"] = float(p95)
     if errors:

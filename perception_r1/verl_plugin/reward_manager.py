@@ -37,7 +37,6 @@ import asyncio
 import logging
 import os
 import re
-import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -54,7 +53,7 @@ from ..judge.guard import JudgeGuardSettings, split_concurrency
 from ..judge.visual import VisualVerdict
 from ..rewards.registry import get_task, registered_tasks
 from ..scoring import RewardScorer, ScoreRow
-from . import split_reward_kwargs
+from . import say, split_reward_kwargs
 from .metrics import JUDGE_LATENCY, JUDGE_USAGE, SCORING_ERROR, judge_usage_info
 
 logger = logging.getLogger(__name__)
@@ -103,7 +102,14 @@ def reward_worker_index() -> int | None:
         name = ray.get_runtime_context().get_actor_name() if ray.is_initialized() else None
     except Exception:  # not in a Ray actor
         return None
-    match = re.fullmatch(r"reward_loop_worker_(\d+)", name or "")
+    return worker_index_from_actor_name(name)
+
+
+def worker_index_from_actor_name(name: str | None) -> int | None:
+    """``i`` of verl's reward worker actor name ``reward_loop_worker_<i>``; ``None`` for any other name."""
+    if not name:
+        return None
+    match = re.fullmatch(r"reward_loop_worker_(\d+)", name)
     return int(match.group(1)) if match else None
 
 
@@ -135,11 +141,9 @@ def worker_judge_settings(settings: JudgeSettings | None, config: Any) -> JudgeS
     key = (settings.max_concurrency, workers, index)
     if key not in _budget_logged:
         _budget_logged.add(key)
-        print(
-            f"perception_r1: {budget_line(settings.max_concurrency, workers, share, index)}; timeouts: connect "
-            f"{settings.connect_timeout_s:g} s, total {settings.timeout_s:g} s",
-            file=sys.stderr,
-            flush=True,
+        say(
+            f"{budget_line(settings.max_concurrency, workers, share, index)}; timeouts: connect "
+            f"{settings.connect_timeout_s:g} s, total {settings.timeout_s:g} s"
         )
     return settings.with_(max_concurrency=share)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from typing import Any
 
 import transfer_queue as tq
@@ -29,7 +28,7 @@ from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
 
 from ..judge.client import JudgeSettings
 from ..judge.guard import JudgeBreaker, JudgeBreakerTripped, JudgeGuardSettings, JudgeStep
-from . import TRAINER_MODE, split_reward_kwargs
+from . import TRAINER_MODE, say, split_reward_kwargs
 from .metrics import judge_step, reward_infos_from_extra_fields, reward_metrics
 from .reward_manager import _config_int, budget_line, reward_kwargs_from_config
 
@@ -47,8 +46,8 @@ def fetch_reward_infos(batch: Any, kv_batch_get: Any = None) -> list[Any]:
     extra_fields = data.pop("extra_fields")
     # equivalent mutants: tolist() and list() give the same elements here
     extra_fields = extra_fields.tolist() if hasattr(extra_fields, "tolist") else list(extra_fields)  # pragma: no mutate
-    padding = [bool(tag.get("is_padding", False)) for tag in batch.tags] if batch.tags else None
-    if padding is not None and len(padding) != len(extra_fields):
+    padding: list[bool] | None = [bool(tag.get("is_padding")) for tag in batch.tags]  # one tag per key (TQ checks)
+    if len(padding) != len(extra_fields):
         padding = None
     return reward_infos_from_extra_fields(extra_fields, padding)
 
@@ -97,7 +96,7 @@ class JudgeGuardMixin:
         self._judge_breaker = JudgeBreaker(self._judge_guard, urls=judge.base_urls if judge else ())
         self._judge_stop: str | None = None
         for line in judge_start_lines(config, judge, self._judge_guard):
-            print(f"perception_r1: {line}", file=sys.stderr, flush=True)
+            say(line)
 
     def _reward_infos(self, batch: Any) -> list[Any]:
         return fetch_reward_infos(batch)
@@ -123,15 +122,15 @@ class JudgeGuardMixin:
             return
         message = trip.message + self._checkpoint_before_stop()
         metrics["reward/judge_breaker_tripped"] = 1.0
-        print(f"perception_r1: {message}", file=sys.stderr, flush=True)
-        logger.error("%s", message)
+        say(message)
+        logger.error(message)
         self._judge_stop = message
         self.total_training_steps = self.global_steps  # verl's loop logs this step's metrics, then ends
 
     def _checkpoint_before_stop(self) -> str:
         """Save a checkpoint of this step when the run saves checkpoints at all; a note for the message."""
         trainer = self.config.trainer  # type: ignore[attr-defined]
-        save_freq = int(trainer.get("save_freq", -1) or -1)
+        save_freq = int(trainer.get("save_freq") or 0)  # unset or null: verl saves no checkpoints
         folder = os.path.join(str(trainer.default_local_dir), f"global_step_{self.global_steps}")  # type: ignore[attr-defined]
         if save_freq <= 0:
             return "; no checkpoint saved (trainer.save_freq <= 0)"
