@@ -178,7 +178,7 @@ class RewardScorer:
             value = await asyncio.shield(entry.wait())  # a cancelled row must not cancel its group's check
         except Exception as exc:  # a bug or a dead worker: score this row's check as failed, keep training
             self.isolated_errors += 1
-            if self.isolated_errors in (1, 10, 100, 1000):
+            if log_due(self.isolated_errors):
                 logger.warning("isolated check %s failed (%d so far): %s", check.component, self.isolated_errors, exc)
             return check.default, "error"
         if value is TIMED_OUT:
@@ -347,6 +347,12 @@ class RewardScorer:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+def log_due(count: int) -> bool:
+    """Whether the ``count``-th occurrence of a repeated failure is logged: the 1st, 10th and 100th, then every
+    1000th (one line per failure would bury a long training run's log; these keep the count visible)."""
+    return count in (1, 10, 100) or count % 1000 == 0
 
 
 def _clean(value: Any) -> float | int | None:

@@ -20,7 +20,7 @@ import pytest
 from perception_r1.rewards import registry
 from perception_r1.rewards.geo3k_visual import DATA_SOURCE as GEO3K
 from perception_r1.rewards.registry import IsolatedCheck, Task
-from perception_r1.scoring import RewardScorer, Scored, ScoreRow, _clean
+from perception_r1.scoring import RewardScorer, Scored, ScoreRow, _clean, log_due
 from perception_r1.testing import OpenAITestServer
 
 SOURCE = "test_scoring_behaviour_counting"
@@ -426,3 +426,7 @@ def test_isolated_check_failures_are_logged_at_1_10_100_not_every_time(counting,
         scorer.close()
     logged = [m for m in caplog.messages if m.startswith("isolated check check failed")]
     assert scorer.isolated_errors == 12 and [m.split("(")[1].split(" ")[0] for m in logged] == ["1", "10"]
+
+
+def test_repeated_failures_are_logged_at_1_10_100_then_every_1000th():
+    assert [n for n in range(1, 5001) if log_due(n)] == [1, 10, 100, 1000, 2000, 3000, 4000, 5000]

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from perception_r1.judge.client import JudgeSettings
 from perception_r1.testing import OpenAITestServer
+from perception_r1.testing.openai_server import parse_judge_request
 from perception_r1.testing.qwen_processor import save_qwen2_5_vl_processor
 from perception_r1.verl_plugin import reward_manager as rm
 from perception_r1.verl_plugin.metrics import JUDGE_LATENCY, JUDGE_USAGE, SCORING_ERROR
@@ -248,6 +249,10 @@ def test_config_int_reads_nested_values_or_the_default():
     assert rm._config_int(cfg, "reward.num_workers", 1) == 3
     assert rm._config_int(cfg, "data.missing", 9) == 9 and rm._config_int({}, "a.b", 4) == 4
     assert rm._config_int({"a": {"b": "x"}}, "a.b", 5) == 5
+    from types import SimpleNamespace
+
+    assert rm._config_int(SimpleNamespace(reward=SimpleNamespace(num_workers=6)), "reward.num_workers", 1) == 6
+    assert rm._config_int({"reward": SimpleNamespace(num_workers="2")}, "reward.num_workers", 1) == 2
 
 
 def test_reward_kwargs_from_config():
@@ -309,6 +314,34 @@ def test_canaries_ride_with_trajectories_and_are_tallied(tokenizer, monkeypatch)
     assert (rows_, failed) == (1, 0) and pairs > 0 and agreed == pairs and usage["requests"] == 1
     bad_usage = json.loads(bad["reward_extra_info"][JUDGE_USAGE])
     assert bad["reward_extra_info"][SCORING_ERROR] == 1 and bad_usage["canary"][0] == 1  # still sent and counted
+    judged = [record for record in server.log if parse_judge_request(record.body) is not None]
+    assert len(judged) == 2 and all(record.constrained for record in judged)  # judged exactly as rewards are
+
+
+def test_a_row_without_annotations_and_no_canary_due_costs_the_judge_nothing(tokenizer, monkeypatch):
+    with OpenAITestServer(models=["judge"]) as server:
+        monkeypatch.setenv("VLLM_SERVER_BASE_URL", server.base_url)
+        monkeypatch.setenv("VLLM_MODEL_NAME", "judge")
+        manager = rm.PerceptionRewardManager(config(judge_canaries_per_step=0), tokenizer)
+        out = run(manager, trajectory(tokenizer, GOOD))
+    assert out["reward_extra_info"][SCORING_ERROR] == 0 and server.request_count == 0
+
+
+def test_a_bug_in_canary_judging_costs_no_row_and_counts_the_canaries_failed(tokenizer, monkeypatch, caplog):
+    with OpenAITestServer(models=["judge"]) as server:
+        monkeypatch.setenv("VLLM_SERVER_BASE_URL", server.base_url)
+        monkeypatch.setenv("VLLM_MODEL_NAME", "judge")
+        manager = rm.PerceptionRewardManager(config(judge_canaries_per_step=4), tokenizer)
+
+        async def broken(*args, **kwargs):
+            raise RuntimeError("tally bug")
+
+        monkeypatch.setattr(rm, "run_canaries", broken)  # a bug inside canary judging, not a judge failure
+        out = run(manager, trajectory(tokenizer, GOOD))
+    info = out["reward_extra_info"]
+    assert info[SCORING_ERROR] == 0 and out["reward_score"] == info["score"] > 0
+    assert json.loads(info[JUDGE_USAGE])["canary"][:2] == [1, 1]  # one canary due, counted as failed
+    assert "canary judging failed: RuntimeError: tally bug" in caplog.messages
 
 
 def test_no_canaries_without_a_judge_or_when_turned_off(tokenizer, monkeypatch):
@@ -324,6 +357,9 @@ def test_scoring_errors_are_logged_at_1_10_100_not_every_time(tokenizer, caplog)
         assert run(manager, data)["reward_extra_info"][SCORING_ERROR] == 1
     logged = [m for m in caplog.messages if m.startswith("could not score a trajectory")]
     assert manager.scoring_errors == 11 and [m.split("(")[1].split(" ")[0] for m in logged] == ["1", "10"]
+    assert logged[0].startswith(
+        "could not score a trajectory (1 so far): KeyError: \"unknown data_source 'no_such_task'"
+    )
 
 
 def test_isolation_workers_are_an_integer_share_of_the_cpus(monkeypatch):

@@ -52,7 +52,7 @@ from ..judge.client import JudgeClient, JudgeSettings
 from ..judge.guard import JudgeGuardSettings, split_concurrency
 from ..judge.visual import VisualVerdict
 from ..rewards.registry import get_task, registered_tasks
-from ..scoring import RewardScorer, ScoreRow
+from ..scoring import RewardScorer, ScoreRow, log_due
 from . import say, split_reward_kwargs
 from .metrics import JUDGE_LATENCY, JUDGE_USAGE, SCORING_ERROR, judge_usage_info
 
@@ -88,7 +88,7 @@ def _config_int(config: Any, path: str, default: int) -> int:
     node = config
     try:
         for part in path.split("."):
-            node = node[part] if isinstance(node, Mapping) or hasattr(node, "__getitem__") else getattr(node, part)
+            node = node[part] if isinstance(node, Mapping) else getattr(node, part)  # DictConfig is a Mapping
         return int(node)
     except (AttributeError, KeyError, TypeError, ValueError, IndexError):
         return default
@@ -268,7 +268,7 @@ class PerceptionRewardManager(RewardManagerBase):
             scored = await self.scorer.score(ScoreRow(response=response, **fields))
         except Exception as exc:  # bad data or a bug: score 0, count it, keep training
             self.scoring_errors += 1
-            if self.scoring_errors in (1, 10, 100) or self.scoring_errors % 1000 == 0:
+            if log_due(self.scoring_errors):
                 logger.error(
                     "could not score a trajectory (%d so far): %s: %s", self.scoring_errors, type(exc).__name__, exc
                 )
