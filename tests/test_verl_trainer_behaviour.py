@@ -138,6 +138,7 @@ class RecordingBase:
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         self.calls.append((global_steps, epoch))
+        self.timings = [*getattr(self, "timings", []), timing_raw]
         self.batches = [*getattr(self, "batches", []), batch]
         metrics["stock/metric"] = 1.0
 
@@ -188,9 +189,9 @@ def test_each_step_adds_reward_metrics_and_the_breaker_streak(monkeypatch, capsy
     healthy = [info(1.0), info(0.5)]
     trainer, _ = make(monkeypatch, capsys, cfg(), [healthy])
     metrics = {}
-    the_batch = object()
-    trainer._compute_metrics(the_batch, metrics, {}, global_steps=3, epoch=0)
-    assert trainer.calls == [(3, 0)] and metrics["stock/metric"] == 1.0
+    the_batch, timing = object(), {"gen": 1.5}
+    trainer._compute_metrics(the_batch, metrics, timing, global_steps=3, epoch=0)
+    assert trainer.calls == [(3, 0)] and metrics["stock/metric"] == 1.0 and trainer.timings == [timing]
     assert trainer.batches == [the_batch] and trainer.read == [the_batch]  # verl's batch, passed on as it is
     assert metrics["reward/score/mean"] == 0.75 and metrics["reward/judge_failure_rate"] == 0.0
     assert metrics["reward/judge_breaker_streak"] == 0.0 and "reward/judge_breaker_tripped" not in metrics
@@ -273,3 +274,22 @@ def test_the_registered_trainer_is_the_sync_trainer_with_the_guard():
     trainer = PerceptionPPOTrainer.__new__(PerceptionPPOTrainer)
     trainer.trainer_mode = "perception_sync"
     assert trainer.trainer_mode == "sync" and isinstance(trainer, JudgeGuardMixin)
+
+
+def test_the_mixin_reads_the_steps_rows_from_transfer_queue(monkeypatch):
+    infos = [info(1.0), info(0.0)]
+    kv_batch_get, calls = store(infos)
+    monkeypatch.setattr(trainer_module.tq, "kv_batch_get", kv_batch_get)
+    assert JudgeGuardMixin._reward_infos(object(), batch(infos, padding={0})) == [infos[1]] and len(calls) == 1
+
+
+def test_the_registered_trainer_gives_the_runs_config_to_verl_and_to_the_guard(monkeypatch, capsys):
+    """verl's own ``__init__`` needs Ray and TransferQueue (the slow CPU training tests run it); here it records
+    the config it was given."""
+    seen = []
+    monkeypatch.setattr(trainer_module.PPOTrainerSync, "__init__", lambda self, config: seen.append(config))
+    monkeypatch.setenv("VLLM_SERVER_BASE_URL", "http://judge:8000")
+    config = cfg(judge_failure_patience=7)
+    trainer = PerceptionPPOTrainer(config)
+    assert seen == [config] and trainer._judge_guard.judge_failure_patience == 7
+    assert "perception_r1: judge guard: failure policy abort: stop after 7 consecutive" in capsys.readouterr().err
