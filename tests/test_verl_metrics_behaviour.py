@@ -127,3 +127,15 @@ def test_a_usage_that_is_not_an_object_is_no_usage():
     assert parse_judge_usage('{"requests": 2}') == {"requests": 2}
     assert parse_judge_usage("[1, 2]") is None and parse_judge_usage("3") is None and parse_judge_usage("{") is None
     assert "reward/judge_requests" not in reward_metrics([{"score": 1.0, "judge_usage": "[1, 2]"}])
+
+
+def test_a_rows_usage_is_compact_json_timed_to_the_microsecond_and_errors_only_when_failed():
+    from perception_r1.judge.canary import CanaryTally
+    from perception_r1.judge.visual import VisualVerdict
+    from perception_r1.verl_plugin.metrics import judge_usage_info
+
+    answered = VisualVerdict([1], failed=False, latency_s=0.1, error="a note on an answered call")
+    text = judge_usage_info(answered, [], CanaryTally(), 1000.12345678, 1001.98765432)
+    usage = json.loads(text)
+    assert " " not in text and "error" not in usage  # one short string per trajectory in verl's arrays
+    assert (usage["started_at"], usage["done_at"]) == (1000.123457, 1001.987654)

@@ -203,7 +203,10 @@ def test_the_scorer_cache_keys_on_settings_workers_and_judge():
 def test_a_manager_without_a_judge_warns_once(tokenizer, caplog):
     rm.get_scorer({}, 1, None)
     rm.get_scorer({}, 1, None)
-    assert caplog.text.count("VLLM_SERVER_BASE_URL is not set in this reward worker") == 1
+    assert caplog.messages == [
+        "VLLM_SERVER_BASE_URL is not set in this reward worker: rows with visual annotations get "
+        "visual = 0, judge_failed = 1"
+    ]
 
 
 def test_isolation_workers_default_to_the_cpu_share(monkeypatch, tokenizer):
@@ -212,10 +215,35 @@ def test_isolation_workers_default_to_the_cpu_share(monkeypatch, tokenizer):
     assert rm._default_isolation_workers(cfg) == 4
     assert rm._default_isolation_workers(OmegaConf.create({"reward": {"num_workers": 1}})) == 8  # at most 8
     assert rm._default_isolation_workers(OmegaConf.create({})) == 8  # no reward section: one worker
+    manager = rm.PerceptionRewardManager(OmegaConf.create({"reward": {"num_workers": 4}}), tokenizer)
+    assert manager.isolation_workers == 4  # this worker's share of the CPUs
+    assert rm.PerceptionRewardManager(config(isolation_workers=3), tokenizer).isolation_workers == 3  # as set
     monkeypatch.setattr(rm.os, "cpu_count", lambda: None)
     assert rm._default_isolation_workers(cfg) == 1
     manager = rm.PerceptionRewardManager(OmegaConf.create({"reward": {"num_workers": 4}}), tokenizer)
     assert manager.isolation_workers == 1
+
+
+def test_the_manager_keeps_what_verls_reward_loop_hands_it(tokenizer):
+    config_ = config()
+    score_fn, tok = (lambda **kw: 0.0), object()
+    manager = rm.PerceptionRewardManager(config_, tokenizer, score_fn, "10.0.0.1:8000", tok)
+    assert manager.config is config_ and manager.tokenizer is tokenizer and manager.compute_score is score_fn
+    assert manager.reward_router_address == "10.0.0.1:8000" and manager.reward_model_tokenizer is tok
+
+
+def test_the_manager_takes_its_share_of_the_judge_budget(tokenizer, monkeypatch):
+    monkeypatch.setenv("VLLM_SERVER_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("JUDGE_MAX_CONCURRENCY", "8")
+    cfg = config()
+    cfg.reward.num_workers = 2
+    assert rm.PerceptionRewardManager(cfg, tokenizer).judge_settings.max_concurrency == 4
+
+
+def test_canaries_default_to_verls_batch_of_128_when_the_config_has_none(tokenizer, monkeypatch):
+    monkeypatch.setenv("VLLM_SERVER_BASE_URL", "http://127.0.0.1:9")
+    cfg = OmegaConf.create({"reward": {"num_workers": 1, "reward_kwargs": {"judge_canaries_per_step": 16}}})
+    assert rm.PerceptionRewardManager(cfg, tokenizer).canaries.rate == 16 / 128
 
 
 def test_the_run_wide_judge_budget_is_split_over_reward_workers(capsys):
