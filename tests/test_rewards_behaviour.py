@@ -861,3 +861,13 @@ def test_ngram_settings_reach_the_penalty():
     loop = " ".join(["again"] * 21)
     assert score("geo3k_visual", loop, "2", ngram_size="10")["ngram_penalty"] == pytest.approx(-2.0 * 11 / 12)
     assert score("geo3k_visual", loop, "2", ngram_max_penalty="-4.0")["ngram_penalty"] == -2.0
+
+
+def test_a_task_may_not_list_score_among_its_components():
+    """Every output row starts with ``score``; a plugin task listing it again would give verl a duplicate key."""
+    from perception_r1.rewards.registry import Task, register_task, registered_tasks
+
+    task = Task("plugin_task", object, lambda gt, info: None, lambda *a: {}, lambda c, s: 0.0, ("score", "iou"))
+    with pytest.raises(ValueError, match="output_keys must not list 'score'"):
+        register_task(task)
+    assert "plugin_task" not in registered_tasks()

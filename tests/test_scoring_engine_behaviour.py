@@ -430,3 +430,59 @@ def test_isolated_check_failures_are_logged_at_1_10_100_not_every_time(counting,
 
 def test_repeated_failures_are_logged_at_1_10_100_then_every_1000th():
     assert [n for n in range(1, 5001) if log_due(n)] == [1, 10, 100, 1000, 2000, 3000, 4000, 5000]
+
+
+def _is_probe(body: dict) -> bool:
+    return "structured_outputs" in body and body["max_tokens"] == 16
+
+
+def test_a_judge_that_could_not_be_asked_is_asked_again_after_30_s_and_a_definitive_answer_is_kept(monkeypatch):
+    from types import SimpleNamespace
+
+    from perception_r1 import scoring
+    from perception_r1.judge.client import JudgeClient, JudgeSettings
+
+    clock = [1000.0]
+    monkeypatch.setattr(scoring, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    assert scoring.REDETECT_S == 30.0
+    with OpenAITestServer(models=["judge"], version=None) as server:
+        server.fail_next(1, status=503)  # the first probe finds the judge down: no verdict on its support
+        settings = JudgeSettings(base_urls=(server.base_url,), model="judge", max_retries=1, backoff_s=0.01)
+        scorer = RewardScorer(judge=JudgeClient(settings), workers=1)
+        probes = []
+
+        async def go():
+            try:
+                for now in (1000.0, 1029.9, 1030.0, 1100.0):  # down, too soon, due (30 s), after a definitive answer
+                    clock[0] = now
+                    await scorer.score(_judged_rows(1)[0])
+                    probes.append(sum(_is_probe(r.body) for r in server.log))
+            finally:
+                await scorer.aclose()
+
+        try:
+            asyncio.run(go())
+        finally:
+            scorer.close()
+    assert probes == [1, 1, 2, 2] and scorer.structured.definitive
+
+
+def test_rows_judged_at_once_share_one_structured_output_probe():
+    from perception_r1.judge.client import JudgeClient, JudgeSettings
+
+    with OpenAITestServer(models=["judge"], version=None) as server:
+        settings = JudgeSettings(base_urls=(server.base_url,), model="judge", max_retries=0)
+        scorer = RewardScorer(judge=JudgeClient(settings), workers=1)
+
+        async def go():
+            try:
+                return await scorer.score_many(_judged_rows(6))
+            finally:
+                await scorer.aclose()
+
+        try:
+            results = asyncio.run(go())
+        finally:
+            scorer.close()
+        probes = sum(_is_probe(r.body) for r in server.log)
+    assert probes == 1 and [r.values["visual"] for r in results] == [1.0] * 6

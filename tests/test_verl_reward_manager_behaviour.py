@@ -248,14 +248,25 @@ def test_canaries_default_to_verls_batch_of_128_when_the_config_has_none(tokeniz
 
 def test_the_run_wide_judge_budget_is_split_over_reward_workers(capsys):
     settings = JudgeSettings(base_urls=("http://a/v1",), max_concurrency=5, timeout_s=30, connect_timeout_s=2)
-    share = rm.worker_judge_settings(settings, OmegaConf.create({"reward": {"num_workers": 2}}))
+    share = rm.worker_judge_settings(settings, OmegaConf.create({"reward": {"num_workers": 2}}), None)
     assert share.max_concurrency == 2 and share.timeout_s == 30  # the floor when the index is unknown
     err = capsys.readouterr().err
     assert "JUDGE_MAX_CONCURRENCY=5 requests in flight for the run" in err and "reward.num_workers=2" in err
     assert "this worker (index unknown): 2; timeouts: connect 2 s, total 30 s" in err
-    rm.worker_judge_settings(settings, OmegaConf.create({"reward": {"num_workers": 2}}))
+    rm.worker_judge_settings(settings, OmegaConf.create({"reward": {"num_workers": 2}}), None)
     assert capsys.readouterr().err == ""  # logged once per budget
-    assert rm.worker_judge_settings(None, OmegaConf.create({})) is None
+    assert rm.worker_judge_settings(None, OmegaConf.create({}), None) is None
+
+
+def test_each_worker_logs_and_takes_its_own_share_of_the_budget(capsys):
+    settings = JudgeSettings(base_urls=("http://a/v1",), max_concurrency=5)
+    two = OmegaConf.create({"reward": {"num_workers": 2}})
+    assert rm.worker_judge_settings(settings, two, 0).max_concurrency == 3  # 5 over 2 workers: 3 + 2
+    assert rm.worker_judge_settings(settings, two, 1).max_concurrency == 2
+    err = capsys.readouterr().err
+    assert "this worker (index 0): 3;" in err and "this worker (index 1): 2;" in err
+    rm.worker_judge_settings(settings.with_(max_concurrency=7), two, 0)  # another budget: logged again
+    assert "JUDGE_MAX_CONCURRENCY=7" in capsys.readouterr().err
 
 
 def test_budget_line_states_the_split_and_an_over_budget_warning():
@@ -290,6 +301,9 @@ def test_reward_kwargs_from_config():
     assert rm.reward_kwargs_from_config(OmegaConf.create({})) == {}
     assert rm.reward_kwargs_from_config({"reward": {"reward_kwargs": {"x": 1}}}) == {"x": 1}
     assert rm.reward_kwargs_from_config(None) == {}
+    assert rm.reward_kwargs_from_config({"reward": "not a section"}) == {}
+    nested = rm.reward_kwargs_from_config(OmegaConf.create({"reward": {"reward_kwargs": {"a": {"b": [1]}}}}))
+    assert nested == {"a": {"b": [1]}} and type(nested["a"]) is dict and type(nested["a"]["b"]) is list  # plain
 
 
 def test_plain_turns_parquet_values_into_json_values():
@@ -410,5 +424,5 @@ def test_config_int_reads_attributes_or_items():
 def test_one_reward_worker_gets_the_whole_judge_budget(capsys):
     """``reward.num_workers=1``: no split, the single worker may use all of ``JUDGE_MAX_CONCURRENCY``."""
     settings = JudgeSettings(base_urls=("http://a/v1",), max_concurrency=5, timeout_s=30, connect_timeout_s=2)
-    assert rm.worker_judge_settings(settings, OmegaConf.create({"reward": {"num_workers": 1}})).max_concurrency == 5
-    assert rm.worker_judge_settings(settings, OmegaConf.create({})).max_concurrency == 5  # verl's default here: 1
+    assert rm.worker_judge_settings(settings, OmegaConf.create({"reward": {"num_workers": 1}}), 0).max_concurrency == 5
+    assert rm.worker_judge_settings(settings, OmegaConf.create({}), None).max_concurrency == 5  # verl's default here: 1

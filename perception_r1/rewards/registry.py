@@ -68,6 +68,8 @@ _TASKS: dict[str, Task] = {}
 
 def register_task(task: Task) -> Task:
     """Register ``task`` under its ``data_source``; re-registering the same name with another task is an error."""
+    if "score" in task.output_keys:  # every output row starts with it; listed twice, verl's stacking would break
+        raise ValueError(f"task {task.data_source!r}: output_keys must not list 'score' (it is always first)")
     existing = _TASKS.get(task.data_source)
     if existing is not None and existing is not task:
         raise ValueError(f"data_source {task.data_source!r} is already registered")

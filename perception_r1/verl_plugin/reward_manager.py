@@ -65,7 +65,7 @@ _scorers_lock = threading.Lock()
 def reward_kwargs_from_config(config: Any) -> dict[str, Any]:
     """``config.reward.reward_kwargs`` as a plain dict (empty when unset)."""
     reward = config.get("reward") if hasattr(config, "get") else None
-    kwargs = reward.get("reward_kwargs") if reward is not None and hasattr(reward, "get") else None
+    kwargs = reward.get("reward_kwargs") if isinstance(reward, Mapping) else None  # DictConfig is a Mapping
     if not kwargs:
         return {}
     try:
@@ -80,7 +80,7 @@ def reward_kwargs_from_config(config: Any) -> dict[str, Any]:
 
 def extra_info_keys() -> tuple[str, ...]:
     """The keys of every ``reward_extra_info`` this manager returns, in order."""
-    components = sorted({key for task in registered_tasks().values() for key in task.output_keys} - {"score"})
+    components = sorted({key for task in registered_tasks().values() for key in task.output_keys})  # never "score"
     return ("score", *components, JUDGE_LATENCY, JUDGE_USAGE, SCORING_ERROR)
 
 
@@ -131,12 +131,12 @@ def budget_line(total: int, workers: int, share: int | None = None, index: int |
 _budget_logged: set[tuple] = set()
 
 
-def worker_judge_settings(settings: JudgeSettings | None, config: Any) -> JudgeSettings | None:
-    """This worker's judge settings: ``max_concurrency`` becomes its share of the run's budget (logged once)."""
+def worker_judge_settings(settings: JudgeSettings | None, config: Any, index: int | None) -> JudgeSettings | None:
+    """Judge settings of reward worker ``index`` (``None``: unknown): ``max_concurrency`` becomes its share of the
+    run's budget (logged once per budget and worker)."""
     if settings is None:
         return None
     workers = max(1, _config_int(config, "reward.num_workers", 1))
-    index = reward_worker_index()
     share = split_concurrency(settings.max_concurrency, workers, index)
     key = (settings.max_concurrency, workers, index)
     if key not in _budget_logged:
@@ -203,7 +203,7 @@ class PerceptionRewardManager(RewardManagerBase):
         self.settings = settings
         self.isolation_workers = int(plugin.get("isolation_workers") or _default_isolation_workers(config))
         self.guard = JudgeGuardSettings.from_kwargs(plugin)
-        self.judge_settings = worker_judge_settings(JudgeSettings.from_env(), config)
+        self.judge_settings = worker_judge_settings(JudgeSettings.from_env(), config, reward_worker_index())
         self.keys = extra_info_keys()
         self._scorer: RewardScorer | None = None
         self.scoring_errors = 0
