@@ -261,7 +261,7 @@ class RewardScorer:
             pending = self._structured[id(loop)] = loop.create_task(detect_structured_outputs(self.judge))
         support = await asyncio.shield(pending)
         if self.structured is None or self.structured != support:
-            logger.info("%s", support.describe())
+            logger.info(support.describe())
         self.structured, self._structured_at = support, time.monotonic()
         return support.constrained
 
