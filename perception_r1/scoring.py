@@ -265,7 +265,7 @@ class RewardScorer:
         self.structured, self._structured_at = support, time.monotonic()
         return support.constrained
 
-    async def _judge(self, annotations: list[str], response: str, prompt: str = "paper") -> VisualVerdict:
+    async def _judge(self, annotations: list[str], response: str, prompt: str) -> VisualVerdict:
         """The judge's verdict for a row with at least one annotation (``failed`` without a judge)."""
         if self.judge is None:
             if not self._warned_no_judge:

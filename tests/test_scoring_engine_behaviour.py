@@ -230,6 +230,7 @@ def test_an_annotated_row_without_a_judge_is_flagged_judge_failed(caplog):
         assert result.values["accuracy"] == 1.0  # the rest of the row is still scored
     assert scorer.judge_failures == 2 and scorer.judge_calls == 0
     assert caplog.text.count("rows have visual annotations but no judge is configured") == 1  # warned once
+    assert "rows have visual annotations but no judge is configured: visual = 0, judge_failed = 1" in caplog.messages
 
 
 def test_a_row_without_annotations_asks_no_judge():

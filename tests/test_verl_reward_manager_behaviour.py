@@ -361,7 +361,7 @@ def test_canaries_ride_with_trajectories_and_are_tallied(tokenizer, monkeypatch)
 
 
 def test_a_row_without_annotations_and_no_canary_due_costs_the_judge_nothing(tokenizer, monkeypatch):
-    with OpenAITestServer(models=["judge"]) as server:
+    with OpenAITestServer(models=["judge"], version=None) as server:  # not even a structured-outputs probe
         monkeypatch.setenv("VLLM_SERVER_BASE_URL", server.base_url)
         monkeypatch.setenv("VLLM_MODEL_NAME", "judge")
         manager = rm.PerceptionRewardManager(config(judge_canaries_per_step=0), tokenizer)
