@@ -380,7 +380,7 @@ def test_score_many_keeps_input_order_counts_progress_and_reports_judge_failures
     assert [r.values.get("length") for r in results[:5]] == [4.0, 3.0, 0.0, 4.0, 5.0]
     assert [r.values.get("check") for r in results[:5]] == [1.0, 0.0, 0.25, 1.0, 0.0]
     assert done == [1] * 7 and all(r.values["judge_failed"] == 1 for r in results[5:])
-    assert "judge failed for 2 of 2 judged rows (visual = 0, judge_failed = 1)" in caplog.text
+    assert "judge failed for 2 of 2 judged rows (visual = 0, judge_failed = 1)" in caplog.messages
 
 
 def test_score_stream_takes_each_row_once_and_keys_the_results(counting):
@@ -487,3 +487,72 @@ def test_rows_judged_at_once_share_one_structured_output_probe():
             scorer.close()
         probes = sum(_is_probe(r.body) for r in server.log)
     assert probes == 1 and [r.values["visual"] for r in results] == [1.0] * 6
+
+
+def test_rows_sharing_a_check_cost_one_wake_up_per_event_loop(counting):
+    """The worker's future is wrapped once per loop, not once per row (a GRPO group of 8 shares one check)."""
+    scorer = RewardScorer(workers=1)
+
+    async def go():
+        return await scorer.score_many([row("good", counting) for _ in range(4)])
+
+    try:
+        results = asyncio.run(go())
+    finally:
+        scorer.close()
+    [entry] = scorer._memo.values()
+    assert [r.values["check"] for r in results] == [1.0] * 4 and evaluations(counting) == ["good"]
+    assert len(entry.future._done_callbacks) == 1  # one asyncio wrapper for the four rows
+
+
+def test_the_judge_counters_count_every_call_and_every_failure():
+    from perception_r1.judge.client import JudgeClient, JudgeSettings
+
+    with OpenAITestServer(models=["judge"]) as server:
+        server.fail_next(2, status=503)
+        settings = JudgeSettings(base_urls=(server.base_url,), model="judge", max_retries=0, max_concurrency=1)
+        scorer = RewardScorer(judge=JudgeClient(settings), workers=1)
+        results = _geo_scores(scorer, _judged_rows(3))
+    assert sorted(r.values["judge_failed"] for r in results) == [0, 1, 1]
+    assert (scorer.judge_calls, scorer.judge_failures) == (3, 2)
+
+
+@pytest.mark.parametrize("entry", ["score_many", "score_stream"])
+def test_a_window_of_one_scores_one_row_at_a_time(entry):
+    from perception_r1.judge.client import JudgeClient, JudgeSettings
+
+    with OpenAITestServer(models=["judge"], latency_s=0.05) as server:
+        settings = JudgeSettings(base_urls=(server.base_url,), model="judge", max_retries=0, max_concurrency=8)
+        scorer = RewardScorer(judge=JudgeClient(settings), workers=1)
+        seen = []
+
+        async def go():
+            try:
+                if entry == "score_many":
+                    seen.extend(await scorer.score_many(_judged_rows(4), window=1))
+                else:
+                    pairs = enumerate(_judged_rows(4))
+                    await scorer.score_stream(pairs, lambda key, result: seen.append(result), window=1)
+            finally:
+                await scorer.aclose()
+
+        try:
+            asyncio.run(go())
+        finally:
+            scorer.close()
+        assert len(seen) == 4 and server.max_in_flight == 1
+
+
+def test_score_stream_without_a_window_uses_the_default(counting):
+    scorer = RewardScorer(workers=1)
+    seen = {}
+
+    async def go():
+        pairs = ((i, row(a, counting)) for i, a in enumerate(["good", "bad"]))
+        await scorer.score_stream(pairs, lambda key, result: seen.setdefault(key, result.values["check"]))
+
+    try:
+        asyncio.run(go())
+    finally:
+        scorer.close()
+    assert seen == {0: 1.0, 1: 0.0}

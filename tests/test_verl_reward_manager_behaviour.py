@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -426,3 +427,18 @@ def test_one_reward_worker_gets_the_whole_judge_budget(capsys):
     settings = JudgeSettings(base_urls=("http://a/v1",), max_concurrency=5, timeout_s=30, connect_timeout_s=2)
     assert rm.worker_judge_settings(settings, OmegaConf.create({"reward": {"num_workers": 1}}), 0).max_concurrency == 5
     assert rm.worker_judge_settings(settings, OmegaConf.create({}), None).max_concurrency == 5  # verl's default here: 1
+
+
+def test_canaries_come_from_the_configured_file_in_the_seeded_order(tokenizer, monkeypatch, tmp_path):
+    """Outside a Ray actor the seed is 0: a rerun sends the same canaries in the same order."""
+    from perception_r1.judge.calibration import load_rows, shipped_labels_path
+    from perception_r1.judge.canary import CanaryMixer
+
+    monkeypatch.setenv("VLLM_SERVER_BASE_URL", "http://127.0.0.1:9")
+    subset = tmp_path / "canaries.jsonl"
+    subset.write_text("\n".join(Path(shipped_labels_path()).read_text().splitlines()[:5]) + "\n")
+    manager = rm.PerceptionRewardManager(config(judge_canaries_per_step=4, judge_canary_file=str(subset)), tokenizer)
+    expected = CanaryMixer(load_rows(str(subset)), per_step=4, rows_per_step=4, seed=0).take_many(10)
+    assert len(manager.canaries.rows) == 5 and manager.canaries.take_many(10) == expected
+    shipped = rm.PerceptionRewardManager(config(judge_canaries_per_step=4), tokenizer)
+    assert len(shipped.canaries.rows) == len(load_rows()) > 5
