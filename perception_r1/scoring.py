@@ -80,7 +80,7 @@ class _MemoEntry:
         loop = asyncio.get_running_loop()
         wrapped = self._wrapped.get(id(loop))
         if wrapped is None or wrapped.get_loop() is not loop:
-            wrapped = self._wrapped[id(loop)] = asyncio.wrap_future(self.future, loop=loop)
+            wrapped = self._wrapped[id(loop)] = asyncio.wrap_future(self.future)  # on the running loop
         return wrapped
 
 

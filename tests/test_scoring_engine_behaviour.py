@@ -556,3 +556,14 @@ def test_score_stream_without_a_window_uses_the_default(counting):
     finally:
         scorer.close()
     assert seen == {0: 1.0, 1: 0.0}
+
+
+def test_a_closed_scorer_can_be_closed_again_and_starts_fresh_workers_when_used(counting):
+    scorer = RewardScorer(workers=1)
+    try:
+        assert asyncio.run(scorer.score(row("good", counting))).values["check"] == 1.0
+        scorer.close()
+        scorer.close()  # idempotent
+        assert asyncio.run(scorer.score(row("bad", counting))).values["check"] == 0.0  # a new pool
+    finally:
+        scorer.close()
