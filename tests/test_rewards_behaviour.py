@@ -871,3 +871,37 @@ def test_a_task_may_not_list_score_among_its_components():
     with pytest.raises(ValueError, match="output_keys must not list 'score'"):
         register_task(task)
     assert "plugin_task" not in registered_tasks()
+
+
+def test_detection_predictions_on_an_image_without_objects_find_and_miss_nothing():
+    from perception_r1.rewards.detection import detection_components
+
+    parts = detection_components(np.array([[0.0, 0.0, 10.0, 10.0]]), ["cat"], np.zeros((0, 4)), [])
+    assert parts == {"location": 0.0, "classification": 0.0, "recall": 0.0, "missing": 0.0}
+
+
+def test_detection_labels_of_different_lengths_compare_by_name():
+    from perception_r1.rewards.detection import detection_components
+
+    box = np.array([[0.0, 0.0, 10.0, 10.0]])
+    assert detection_components(box, ["traffic light"], box, ["traffic light"])["classification"] == 1.0
+    assert detection_components(box, ["cat"], box, ["catamaran"])["classification"] == 0.0
+
+
+def test_detection_validation_checks_the_recorded_frame():
+    from perception_r1.rewards.detection import validate
+
+    gt = [{"bbox": [0, 0, 10, 10], "label": "cat"}]
+    validate(gt, {"image_size": [100, 100]})
+    with pytest.raises(ValueError, match="coord_frame"):
+        validate(gt, {"image_size": [100, 100], "coord_frame": "yolo"})
+
+
+def test_detection_counts_predictions_past_the_cap_in_n_pred():
+    from perception_r1.rewards.detection import DetectionSettings, rule_components
+
+    boxes = ", ".join(json.dumps({"bbox_2d": [i, 0, i + 5, 10], "label": "cat"}) for i in range(5))
+    settings = DetectionSettings(max_predictions=3, coord_frame="absolute")
+    gt = [{"bbox": [0, 0, 5, 10], "label": "cat"}]
+    parts = rule_components(f"[{boxes}]", gt, {"image_size": [100, 100]}, settings)
+    assert (parts["n_pred"], parts["over_cap"]) == (5, 2)

@@ -114,18 +114,16 @@ def gt_objects(ground_truth: Any) -> tuple[np.ndarray, list[str]]:
             return boxes_fast, labels_fast
     except (TypeError, ValueError, KeyError, IndexError):
         pass
-    boxes, labels = [], []  # slow path: find the first bad field and name it
-    for i, obj in enumerate(value):
+    for i, obj in enumerate(value):  # not well formed: find the first bad field and name it
         if not isinstance(obj, Mapping):
             raise ValueError(f"ground_truth[{i}]: expected an object with 'bbox' and 'label', got {obj!r:.80}")
         if "bbox" not in obj:
             raise ValueError(f"ground_truth[{i}].bbox: missing")
-        boxes.append(gt_array(obj["bbox"], 4, f"ground_truth[{i}].bbox"))
+        gt_array(obj["bbox"], 4, f"ground_truth[{i}].bbox")
         label = obj.get("label")
         if not isinstance(label, str) or not normalize_label(label):
             raise ValueError(f"ground_truth[{i}].label: expected a non-empty category name, got {label!r}")
-        labels.append(normalize_label(label))
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), labels
+    raise ValueError(f"ground_truth: expected a list of {{'bbox': [x1, y1, x2, y2], 'label': name}}, got {value!r:.80}")
 
 
 def validate(ground_truth: Any, extra_info: Mapping[str, Any]) -> None:
@@ -156,16 +154,16 @@ def detection_components(
         return {"location": both_empty, "classification": both_empty, "recall": both_empty, "missing": float(m > 0)}
     iou = pairwise_iou(pred_boxes, gt_boxes)
     tp_mask = iou >= match_iou
-    same = np.asarray(pred_labels, dtype=object)[:, None] == np.asarray(gt_labels, dtype=object)[None, :]
-    allowed = (iou > 0) & same if class_aware else iou > 0
-    match = hungarian_match(np.where(allowed, iou + _TP_BONUS * tp_mask + _LABEL_BONUS * (tp_mask & same), 0.0))
+    same = np.asarray(pred_labels)[:, None] == np.asarray(gt_labels)[None, :]
+    weights = iou + _TP_BONUS * tp_mask + _LABEL_BONUS * (tp_mask & same)  # 0 where IoU is 0: never matched
+    match = hungarian_match(weights * same if class_aware else weights)
     pairs_iou = iou[match.pred_idx, match.gt_idx]
     if ap_aligned:
         thresholds = _thresholds(match_iou)
         tp = (pairs_iou[:, None] >= thresholds[None, :] - 1e-12).mean(axis=1)
         located = float(pairs_iou[pairs_iou >= match_iou - 1e-12].sum())
     else:
-        tp = (pairs_iou >= match_iou).astype(np.float64)
+        tp = 1.0 * (pairs_iou >= match_iou)
         located = float(pairs_iou.sum())
     correct = tp * same[match.pred_idx, match.gt_idx]
     n_tp = float(tp.sum())
