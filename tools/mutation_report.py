@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=".", help="repository root (holds mutants/)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--survivors", action="store_true", help="list the mutants not caught")
+    parser.add_argument(
+        "--names",
+        action="store_true",
+        help="print only the names of the mutants not caught yet (not run, survived, no tests), one per line, for "
+        "`xargs -a FILE mutmut run` (named mutants are always re-run)",
+    )
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     results = load(root)
@@ -80,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         checked = c["caught"] + c["survived"] + c["no_tests"]
         rows.append((module, c, checked, excluded_marks(root, module)))
         totals.update(c)
+    if args.names:
+        for module, codes in results.items():
+            if not args.modules or any(fnmatch.fnmatch(module, g) for g in args.modules):
+                for name, code in codes.items():
+                    if code not in CAUGHT and code not in SKIPPED:
+                        print(name)
+        return 0
     if args.markdown:
         print("| module | caught / checked | % | survived | no tests | not run | equivalent (no-mutate marks) |")
         print("|---|---|---|---|---|---|---|")
