@@ -206,10 +206,12 @@ GEO_FACTS = ["AB = 12", "angle C = 30"]
 GEO_RESPONSE = "<think>\nAB = 12 and angle C = 30, so x = 6.\n</think>\n<answer>\n\\boxed{6}\n</answer>"
 
 
-def _geo_scores(scorer: RewardScorer, rows: list[ScoreRow]) -> list[Scored]:
+def _with_scorer(scorer: RewardScorer, work):
+    """``await work()`` on a fresh event loop, then close the scorer's judge connections and its workers."""
+
     async def go():
         try:
-            return await scorer.score_many(rows)
+            return await work()
         finally:
             await scorer.aclose()
 
@@ -217,6 +219,10 @@ def _geo_scores(scorer: RewardScorer, rows: list[ScoreRow]) -> list[Scored]:
         return asyncio.run(go())
     finally:
         scorer.close()
+
+
+def _geo_scores(scorer: RewardScorer, rows: list[ScoreRow]) -> list[Scored]:
+    return _with_scorer(scorer, lambda: scorer.score_many(rows))
 
 
 def test_an_annotated_row_without_a_judge_is_flagged_judge_failed(caplog):
@@ -453,18 +459,12 @@ def test_a_judge_that_could_not_be_asked_is_asked_again_after_30_s_and_a_definit
         probes = []
 
         async def go():
-            try:
-                for now in (1000.0, 1029.9, 1030.0, 1100.0):  # down, too soon, due (30 s), after a definitive answer
-                    clock[0] = now
-                    await scorer.score_many(_judged_rows(3))  # rows at once share one (re-)detection
-                    probes.append(sum(_is_probe(r.body) for r in server.log))
-            finally:
-                await scorer.aclose()
+            for now in (1000.0, 1029.9, 1030.0, 1100.0):  # down, too soon, due (30 s), after a definitive answer
+                clock[0] = now
+                await scorer.score_many(_judged_rows(3))  # rows at once share one (re-)detection
+                probes.append(sum(_is_probe(r.body) for r in server.log))
 
-        try:
-            asyncio.run(go())
-        finally:
-            scorer.close()
+        _with_scorer(scorer, go)
     assert probes == [1, 1, 2, 2] and scorer.structured.definitive
 
 
@@ -474,17 +474,7 @@ def test_rows_judged_at_once_share_one_structured_output_probe():
     with OpenAITestServer(models=["judge"], version=None) as server:
         settings = JudgeSettings(base_urls=(server.base_url,), model="judge", max_retries=0)
         scorer = RewardScorer(judge=JudgeClient(settings), workers=1)
-
-        async def go():
-            try:
-                return await scorer.score_many(_judged_rows(6))
-            finally:
-                await scorer.aclose()
-
-        try:
-            results = asyncio.run(go())
-        finally:
-            scorer.close()
+        results = _geo_scores(scorer, _judged_rows(6))
         probes = sum(_is_probe(r.body) for r in server.log)
     assert probes == 1 and [r.values["visual"] for r in results] == [1.0] * 6
 
@@ -492,14 +482,7 @@ def test_rows_judged_at_once_share_one_structured_output_probe():
 def test_rows_sharing_a_check_cost_one_wake_up_per_event_loop(counting):
     """The worker's future is wrapped once per loop, not once per row (a GRPO group of 8 shares one check)."""
     scorer = RewardScorer(workers=1)
-
-    async def go():
-        return await scorer.score_many([row("good", counting) for _ in range(4)])
-
-    try:
-        results = asyncio.run(go())
-    finally:
-        scorer.close()
+    results = _with_scorer(scorer, lambda: scorer.score_many([row("good", counting) for _ in range(4)]))
     [entry] = scorer._memo.values()
     assert [r.values["check"] for r in results] == [1.0] * 4 and evaluations(counting) == ["good"]
     assert len(entry.future._done_callbacks) == 1  # one asyncio wrapper for the four rows
@@ -527,34 +510,23 @@ def test_a_window_of_one_scores_one_row_at_a_time(entry):
         seen = []
 
         async def go():
-            try:
-                if entry == "score_many":
-                    seen.extend(await scorer.score_many(_judged_rows(4), window=1))
-                else:
-                    pairs = enumerate(_judged_rows(4))
-                    await scorer.score_stream(pairs, lambda key, result: seen.append(result), window=1)
-            finally:
-                await scorer.aclose()
+            if entry == "score_many":
+                seen.extend(await scorer.score_many(_judged_rows(4), window=1))
+            else:
+                pairs = enumerate(_judged_rows(4))
+                await scorer.score_stream(pairs, lambda key, result: seen.append(result), window=1)
 
-        try:
-            asyncio.run(go())
-        finally:
-            scorer.close()
+        _with_scorer(scorer, go)
         assert len(seen) == 4 and server.max_in_flight == 1
 
 
 def test_score_stream_without_a_window_uses_the_default(counting):
     scorer = RewardScorer(workers=1)
     seen = {}
-
-    async def go():
-        pairs = ((i, row(a, counting)) for i, a in enumerate(["good", "bad"]))
-        await scorer.score_stream(pairs, lambda key, result: seen.setdefault(key, result.values["check"]))
-
-    try:
-        asyncio.run(go())
-    finally:
-        scorer.close()
+    pairs = ((i, row(a, counting)) for i, a in enumerate(["good", "bad"]))
+    _with_scorer(
+        scorer, lambda: scorer.score_stream(pairs, lambda key, result: seen.setdefault(key, result.values["check"]))
+    )
     assert seen == {0: 1.0, 1: 0.0}
 
 

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     totals = Counter()
     survivors = []
+    not_caught = []  # survived, no tests or not run yet: what a next ``mutmut run`` should be given
     for module, codes in results.items():
         if args.modules and not any(fnmatch.fnmatch(module, g) for g in args.modules):
             continue
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, code in codes.items():
             if code is None:
                 c["unchecked"] += 1
+                not_caught.append(name)
             elif code in CAUGHT:
                 c["caught"] += 1
             elif code in SKIPPED:
@@ -83,15 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 c["no_tests" if NOT_CAUGHT.get(code) == "no tests" else "survived"] += 1
                 survivors.append((name, NOT_CAUGHT.get(code, f"suspicious (exit {code})")))
+                not_caught.append(name)
         checked = c["caught"] + c["survived"] + c["no_tests"]
         rows.append((module, c, checked, excluded_marks(root, module)))
         totals.update(c)
     if args.names:
-        for module, codes in results.items():
-            if not args.modules or any(fnmatch.fnmatch(module, g) for g in args.modules):
-                for name, code in codes.items():
-                    if code not in CAUGHT and code not in SKIPPED:
-                        print(name)
+        for name in not_caught:
+            print(name)
         return 0
     if args.markdown:
         print("| module | caught / checked | % | survived | no tests | not run | equivalent (no-mutate marks) |")

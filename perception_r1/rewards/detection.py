@@ -98,9 +98,7 @@ def gt_objects(ground_truth: Any) -> tuple[np.ndarray, list[str]]:
     """Ground-truth boxes ``(m, 4)`` and normalized labels; ``ValueError`` naming ``ground_truth[i].<field>``."""
     value = as_json(ground_truth)
     if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
-        raise ValueError(
-            f"ground_truth: expected a list of {{'bbox': [x1, y1, x2, y2], 'label': name}}, got {value!r:.80}"
-        )
+        raise _not_a_list(value)
     try:  # fast path: a well-formed list (the common case, scored 8 times per prompt in GRPO)
         boxes_fast = np.asarray([obj["bbox"] for obj in value], dtype=np.float64).reshape(-1, 4)
         labels_fast = [normalize_label(obj["label"]) for obj in value]
@@ -123,7 +121,13 @@ def gt_objects(ground_truth: Any) -> tuple[np.ndarray, list[str]]:
         label = obj.get("label")
         if not isinstance(label, str) or not normalize_label(label):
             raise ValueError(f"ground_truth[{i}].label: expected a non-empty category name, got {label!r}")
-    raise ValueError(f"ground_truth: expected a list of {{'bbox': [x1, y1, x2, y2], 'label': name}}, got {value!r:.80}")
+    raise _not_a_list(value)
+
+
+def _not_a_list(value: Any) -> ValueError:
+    return ValueError(
+        f"ground_truth: expected a list of {{'bbox': [x1, y1, x2, y2], 'label': name}}, got {value!r:.80}"
+    )
 
 
 def validate(ground_truth: Any, extra_info: Mapping[str, Any]) -> None:
