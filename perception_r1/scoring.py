@@ -171,7 +171,7 @@ class RewardScorer:
             entry = _MemoEntry(self.pool.submit(check.fn, (key, settings), check.timeout_s(settings)))
             self._memo[memo_key] = entry
             if len(self._memo) > self._memo_size:
-                self._memo.popitem(last=False)
+                self._memo.popitem(last=False)  # pragma: no mutate (equivalent: last=None is falsy too)
         else:
             self._memo.move_to_end(memo_key)
         try:
@@ -207,7 +207,7 @@ class RewardScorer:
             components = {}
 
         annotations = task.annotations(extra_info) if task.annotations is not None else None
-        problem = None
+        problem = None  # pragma: no mutate (equivalent: "" is neither "timeout" nor "error")
         latency = error = None
         verdict: VisualVerdict | None = None
         judged_row = bool(task.annotations is not None and annotations)
@@ -225,18 +225,15 @@ class RewardScorer:
             components["judge_failed"] = int(verdict.failed)
             components["judge_truncated"] = int(verdict.truncated)
             latency = verdict.latency_s
-            error = (verdict.error or "judge call failed") if verdict.failed else None
+            error = verdict.error if verdict.failed else None  # a failed verdict always says why
         else:
             if task.isolated is not None:  # awaited directly: no task objects on the common no-judge path
                 components[task.isolated.component], problem = await self._isolated(task, settings, row)
             if task.annotations is not None:
                 components["visual"], components["judge_failed"], components["judge_truncated"] = None, 0, 0
 
-        values: dict[str, Any] = {"score": 0.0}
-        for key in task.output_keys:
-            value = components.get(key, 0.0)
-            values[key] = _clean(value)
-        values["score"] = _clean(task.combine(values, settings)) or 0.0
+        values: dict[str, Any] = {key: _clean(components.get(key, 0.0)) for key in task.output_keys}
+        values = {"score": _clean(task.combine(values, settings)) or 0.0, **values}  # score first
         return Scored(
             values=values,
             judge_latency_s=latency,

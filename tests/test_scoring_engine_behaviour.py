@@ -153,7 +153,7 @@ def test_a_raising_rule_scorer_scores_the_row_as_garbage(counting, caplog):
         scorer.close()
     # the rule components are lost (length 0); the isolated check still runs on its own
     assert result.values == {"score": 0.0, "check": 0.0, "length": 0.0}
-    assert "rule scorer for test_scoring_behaviour_counting raised" in caplog.text
+    assert "rule scorer for test_scoring_behaviour_counting raised; scoring the row as garbage" in caplog.messages
 
 
 def test_a_raising_check_scores_its_default_and_is_counted(counting, caplog):
@@ -186,7 +186,7 @@ def test_a_row_without_a_key_gets_the_default_without_a_check(counting):
     assert result.values["check"] == 0.25 and not result.isolated_error and evaluations(counting) == []
 
 
-def test_a_non_string_response_is_scored_as_empty(counting):
+def test_a_non_string_response_is_scored_as_empty(counting, caplog):
     scorer = RewardScorer(workers=1)
 
     async def go():
@@ -197,6 +197,7 @@ def test_a_non_string_response_is_scored_as_empty(counting):
     finally:
         scorer.close()
     assert result.values == {"score": 0.25, "check": 0.25, "length": 0.0}
+    assert "raised" not in caplog.text  # the rule scorer saw "", not None
 
 
 # ------------------------------------------------------------------------------------------------ no judge
@@ -244,6 +245,8 @@ def test_a_row_without_annotations_asks_no_judge():
     [result] = _geo_scores(scorer, [ScoreRow(GEO3K, GEO_RESPONSE, "6", {"visual_annotations": []})])
     assert result.values["visual"] is None and result.values["judge_failed"] == 0
     assert result.values["judge_truncated"] == 0 and not result.judged and result.judge is None
+    # the same column types as a judged row's (0/1 flags), so a JSONL or parquet column never mixes 0 and 0.0
+    assert type(result.values["judge_failed"]) is int and type(result.values["judge_truncated"]) is int
     assert result.judge_error is None and result.values["accuracy"] == 1.0
 
 
@@ -539,3 +542,88 @@ def test_a_closed_scorer_can_be_closed_again_and_starts_fresh_workers_when_used(
         assert asyncio.run(scorer.score(row("bad", counting))).values["check"] == 0.0  # a new pool
     finally:
         scorer.close()
+
+
+def test_a_check_past_its_hard_limit_scores_its_default_and_says_so(counting, caplog):
+    scorer = RewardScorer(workers=1, settings={"counting_check_limit_s": 0.2})
+    result = _with_scorer(scorer, lambda: scorer.score(row("wait", counting)))  # never released: always times out
+    assert result.isolated_timed_out and not result.isolated_error and result.values["check"] == 0.25
+    assert scorer.isolated_timeouts == 1
+    assert "isolated check check hit its hard time limit (1 so far); scoring it 0.25" in caplog.messages
+
+
+def test_without_a_judge_every_row_of_a_list_starts_at_once(counting, monkeypatch, tmp_path):
+    """score_many's default window is the whole list, even past STREAM_WINDOW (the stream's bound)."""
+    from perception_r1 import scoring
+
+    monkeypatch.setattr(scoring, "STREAM_WINDOW", 2)
+    logs = [tmp_path / f"row{i}.log" for i in range(3)]  # three keys, each check waits for its own release file
+    scorer = RewardScorer(workers=1)
+
+    async def go():
+        running = asyncio.ensure_future(scorer.score_many([row("wait", log) for log in logs]))
+        for _ in range(500):  # every row is submitted before the first await returns; a few turns of the loop
+            if len(scorer._memo) == 3:
+                break
+            await asyncio.sleep(0.01)
+        submitted = len(scorer._memo)
+        for log in logs:
+            Path(str(log) + ".release").touch()
+        return submitted, await running
+
+    submitted, results = _with_scorer(scorer, go)
+    assert submitted == 3 and [r.values["check"] for r in results] == [1.0] * 3
+
+
+# ------------------------------------------------------------------ a judged task without an isolated check
+
+ANNOTATED = "test_scoring_behaviour_annotated"
+
+
+@dataclass(frozen=True)
+class NoPromptSettings:
+    """A third-party task's settings: no ``judge_prompt`` field, so the paper's judge question applies."""
+
+    weight: float = 1.0
+
+
+ANNOTATED_TASK = Task(
+    data_source=ANNOTATED,
+    settings=NoPromptSettings,
+    validate=lambda gt, extra: None,
+    rule_components=lambda response, gt, extra, s: {"length": float(len(response))},
+    combine=lambda c, s: s.weight * (c.get("visual") or 0.0),
+    output_keys=("length", "visual", "judge_failed", "judge_truncated"),
+    annotations=lambda extra: list(extra.get("facts") or []),
+)
+
+
+@pytest.fixture
+def annotated():
+    registry.registered_tasks()
+    registry.register_task(ANNOTATED_TASK)
+    yield
+    registry._TASKS.pop(ANNOTATED, None)
+
+
+def test_a_judged_task_without_an_isolated_check_asks_the_papers_question(annotated):
+    from perception_r1.judge.client import JudgeClient, JudgeSettings
+    from perception_r1.judge.visual import build_visual_messages
+
+    facts = ["AB = 12", "BC = 99"]
+    with OpenAITestServer(models=["judge"], version=None) as server:
+        settings = JudgeSettings(base_urls=(server.base_url,), model="judge", max_retries=0)
+        scorer = RewardScorer(judge=JudgeClient(settings), workers=1)
+        rows = [
+            ScoreRow(ANNOTATED, "AB = 12 here", None, {"facts": facts}),
+            ScoreRow(ANNOTATED, None, None, {"facts": facts}),
+        ]  # type: ignore[arg-type]
+        results = _geo_scores(scorer, rows)
+        asked = [r.body["messages"] for r in server.log if not _is_probe(r.body)]
+    assert [r.values["visual"] for r in results] == [0.5, 0.0] and [r.values["score"] for r in results] == [0.5, 0.0]
+    assert all(r.judged and r.values["judge_failed"] == 0 for r in results)
+    paper = build_visual_messages(facts, "AB = 12 here", prompt="paper")
+    assert len(asked) == 2 and all(m[0] == paper[0] for m in asked)  # the paper's system prompt
+    last_user = sorted(m[-1]["content"] for m in asked)
+    assert all("AB = 12" in text and "BC = 99" in text for text in last_user)
+    assert sum("AB = 12 here" in text for text in last_user) == 1  # each response reached the judge as it was given
