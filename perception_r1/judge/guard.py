@@ -134,10 +134,11 @@ class JudgeBreaker:
         if cfg.judge_failure_policy == "abort" and rate is not None and rate > cfg.judge_max_failure_rate:
             return f"reward/judge_failure_rate above {cfg.judge_max_failure_rate:.2f}", f"{rate:.2f}"
         agreement = s.canary_agreement
-        if cfg.judge_min_canary_agreement > 0 and agreement is not None and agreement < cfg.judge_min_canary_agreement:
+        # rates lie in [0, 1]: the defaults 0 (agreement) and 1 (hack rate) can never be crossed, so they switch off
+        if agreement is not None and agreement < cfg.judge_min_canary_agreement:
             return f"reward/judge_canary_agreement below {cfg.judge_min_canary_agreement:.2f}", f"{agreement:.2f}"
         hack = s.canary_hack_rate
-        if cfg.judge_max_canary_hack_rate < 1 and hack is not None and hack > cfg.judge_max_canary_hack_rate:
+        if hack is not None and hack > cfg.judge_max_canary_hack_rate:
             return f"reward/judge_canary_hack_rate above {cfg.judge_max_canary_hack_rate:.2f}", f"{hack:.2f}"
         return None
 
