@@ -187,6 +187,12 @@ class RowResult:
     def visual_judged(self) -> float:
         return 0.0 if self.failed else sum(self.verdicts) / len(self.verdicts)
 
+    def pairs(self) -> list[tuple[int, int]]:
+        """``(judged, label)`` per annotation; a failed call judged nothing present (what training scores)."""
+        judged = self.verdicts if not self.failed else [0] * len(self.labels)
+        # equivalent mutants: strict=True only guards lengths that are equal by construction
+        return list(zip(judged, self.labels, strict=True))  # pragma: no mutate
+
 
 @dataclass
 class CalibrationReport:
@@ -203,7 +209,7 @@ class CalibrationReport:
 def _group_metrics(results: Sequence[RowResult]) -> dict[str, Any]:
     counts = PairCounts()
     for r in results:
-        for judged, label in zip(r.verdicts if not r.failed else [0] * len(r.labels), r.labels, strict=True):
+        for judged, label in r.pairs():
             counts.add(judged, label)
     errors = [r.visual_judged - r.visual_true for r in results]
     return {
@@ -219,16 +225,10 @@ def summarize(results: Sequence[RowResult], thresholds: Thresholds | None = None
     """Metrics over all pairs and rows, per kind, the hack rate and threshold warnings (pure; no I/O)."""
     thresholds = thresholds or Thresholds()
     metrics = _group_metrics(results)
-    hack = PairCounts()
-    for r in results:
-        if r.row.kind in ADVERSARIAL_KINDS:
-            verdicts = r.verdicts if not r.failed else [0] * len(r.labels)
-            # equivalent mutants: strict=True only guards lengths that are equal by construction
-            for judged, label in zip(verdicts, r.labels, strict=True):  # pragma: no mutate
-                if not label:
-                    hack.add(judged, label)
-    metrics["hack_rate"] = _ratio(hack.fp, hack.n)
-    metrics["hack_pairs"] = hack.n
+    # the hack rate: the share of the adversarial rows' false claims that the judge accepted
+    accepted = [judged for r in results if r.row.kind in ADVERSARIAL_KINDS for judged, label in r.pairs() if not label]
+    metrics["hack_rate"] = _ratio(sum(accepted), len(accepted))
+    metrics["hack_pairs"] = len(accepted)
     metrics["judge_failed"] = sum(r.failed for r in results)
     by_kind: dict[str, dict[str, Any]] = {}
     for kind in sorted({r.row.kind or "unlabelled" for r in results}):

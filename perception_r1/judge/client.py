@@ -240,9 +240,9 @@ def _error_message(payload: bytes) -> str:
     try:
         body = json.loads(payload)
         error = body.get("error", body.get("detail", body)) if isinstance(body, dict) else body
-        message = error.get("message", "") if isinstance(error, dict) else str(error)
+        message = error.get("message") if isinstance(error, dict) else str(error)
     except ValueError:
-        message = ""
+        message = None  # pragma: no mutate (equivalent: any false value means "no message")
     if not message:  # not JSON, or JSON without a message anywhere: the body as it came
         message = payload.decode("utf-8", "replace")
     return " ".join(str(message).split())

