@@ -268,6 +268,9 @@ def test_describe_names_each_kind_of_failure():
     assert _describe(OSError("no  route\nto sk-secret"), settings) == "connection error (no route to ****)"
     assert _describe(OSError(), settings) == "connection error"
     assert _describe(OSError(0, "zero errno"), settings) == "connection error ([Errno 0] zero errno)"
+    assert _describe(OSError(errno.EPERM, "x"), settings) == "connection error (Operation not permitted)"  # errno 1
+    assert _describe(aiohttp.ServerDisconnectedError(), settings) == "connection error (Server disconnected)"
+    assert _describe(aiohttp.ConnectionTimeoutError()) == "timeout"  # no settings: no limit to name
     assert _describe(OSError("z" * 300), settings) == "connection error (" + "z" * 119 + "…)"
     assert _describe(ValueError("not JSON sk-secret"), settings) == "malformed response (not JSON ****)"
     assert _describe(ValueError("v" * 300), settings) == "malformed response (" + "v" * 159 + "…)"
@@ -477,3 +480,41 @@ def test_a_preflight_that_times_out_names_its_own_limit():
             client.preflight_sync(timeout_s=1)
     # the preflight's own 1 s, not the 300 s a chat request may take
     assert str(info.value) == f"judge at {url}/v1 is unreachable (timeout (1 s total))"
+
+
+@contextmanager
+def silent_server(backlog_full: bool = False):
+    """A TCP port that never answers HTTP: it accepts connections and says nothing, or (``backlog_full``) its
+    accept queue is full, so the kernel drops new SYNs and a connect hangs until the client's connect timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            if backlog_full:
+                for _ in range(3):  # listen(0) queues one; the rest wait in SYN_SENT
+                    filler = socket.socket()
+                    filler.setblocking(False)
+                    filler.connect_ex(("127.0.0.1", port))
+                    fillers.append(filler)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_preflight_names_a_connect_timeout_when_a_server_never_accepts():
+    with silent_server(backlog_full=True) as root:
+        client = JudgeClient(settings_for(root, connect_timeout_s=1.0))
+        with pytest.raises(JudgeUnavailable) as info:
+            client.preflight_sync(timeout_s=60)  # the connect limit applies, not only the total
+    assert str(info.value) == f"judge at {root}/v1 is unreachable (connect timeout (1 s))"
+
+
+def test_preflight_gives_up_after_10_s_by_default_on_a_server_that_never_answers():
+    """Launchers and the CLI call ``preflight_sync()``: a hung judge costs 10 s before any GPU work, not minutes."""
+    with silent_server() as root:
+        with pytest.raises(JudgeUnavailable) as info:
+            JudgeClient(settings_for(root)).preflight_sync()
+    assert str(info.value) == f"judge at {root}/v1 is unreachable (timeout (10 s total))"

@@ -837,6 +837,33 @@ def test_degenerate_boxes_have_no_overlap():
     assert float(box_iou(np.array([0, 0, 10, 10]), np.array([0, 0, 10, 10]))) == 1.0
 
 
+def test_iou_of_empty_unions_is_quiet():
+    """0/0 where the union is empty is masked, not warned about (a warning per GRPO rollout floods the logs)."""
+    import warnings
+
+    from perception_r1.rewards.boxes import box_iou, pairwise_iou
+
+    point = np.array([[5.0, 5.0, 5.0, 5.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert box_iou(point, point).tolist() == [0.0]
+        assert pairwise_iou(point, np.vstack([point, [0, 0, 10, 10]])).tolist() == [[0.0, 0.0]]
+
+
+def test_points_always_come_as_n_by_2_with_their_labels():
+    from perception_r1.rewards.boxes import parse_points
+
+    for text in ["", None, "no numbers here", "[]", "```json\n[]\n```", "[1, 2, 3]"]:
+        assert parse_points(text).coords.shape == (0, 2), text  # type: ignore[arg-type]
+    assert parse_points("[]").syntax == "json_empty" and parse_points("[]", box_centres=False).syntax == "json_empty"
+    centres = parse_points('[{"bbox_2d": [0, 0, 10, 20], "label": "cat"}, {"bbox_2d": [10, 10, 20, 20]}]')
+    assert centres.coords.tolist() == [[5.0, 10.0], [15.0, 15.0]] and centres.labels == ["cat", None]
+    assert centres.syntax == "json"
+    many = " ".join(f"({i},{i}),({i + 2},{i + 2})" for i in range(5))  # five boxes as tuples: their centres
+    capped = parse_points(many, max_items=3)
+    assert capped.coords.tolist() == [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]] and capped.over_cap == 2
+
+
 def test_counting_and_grounding_edge_answers():
     bad_points = score("pixmo_count", '[{"point_2d": [1, "x"]}]', [], coord_frame="absolute")
     assert bad_points["count"] == 0.0 and bad_points["format"] == 0.0  # an unreadable answer is no "zero objects"

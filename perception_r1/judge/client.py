@@ -244,7 +244,7 @@ def _error_message(payload: bytes) -> str:
     except ValueError:
         message = None  # pragma: no mutate (equivalent: any false value means "no message")
     if not message:  # not JSON, or JSON without a message anywhere: the body as it came
-        message = payload.decode("utf-8", "replace")
+        message = payload.decode(errors="replace")  # UTF-8
     return " ".join(str(message).split())
 
 
@@ -268,7 +268,8 @@ def _describe(exc: BaseException | None, settings: JudgeSettings | None = None) 
     """One short phrase for an error: what kind, plus the server's text (scrubbed) where there is one."""
     import aiohttp
 
-    key = settings.api_key if settings is not None else ""
+    # equivalent mutants: without settings no key is known; a placeholder absent from the text scrubs nothing
+    key = settings.api_key if settings is not None else ""  # pragma: no mutate
     if isinstance(exc, HTTPStatusError):
         return f"HTTP {exc.status}" + (f": {_scrub(exc.message, key)}" if exc.message else "")
     if isinstance(exc, (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError)) and settings is not None:
@@ -277,9 +278,8 @@ def _describe(exc: BaseException | None, settings: JudgeSettings | None = None) 
     if isinstance(exc, asyncio.TimeoutError):
         return f"timeout ({settings.timeout_s:g} s total)" if settings is not None else "timeout"
     if isinstance(exc, (aiohttp.ClientError, OSError)):
-        cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
-        errno = getattr(cause, "errno", None)
-        detail = os.strerror(errno) if isinstance(errno, int) and errno > 0 else " ".join(str(cause).split())
+        errno = getattr(exc, "errno", None)  # aiohttp's connector errors carry their OS error's
+        detail = os.strerror(errno) if isinstance(errno, int) and errno > 0 else " ".join(str(exc).split())
         detail = _scrub(detail, key, 120)
         return "connection error" + (f" ({detail})" if detail else "")
     if isinstance(exc, ValueError):
@@ -419,12 +419,13 @@ class JudgeClient:
         version = body.get("version") if isinstance(body, dict) else None
         return version if isinstance(version, str) and version.strip() else None
 
-    async def preflight(self, timeout_s: float = 10.0) -> None:
+    async def preflight(self, timeout_s: float) -> None:
         """Check every replica answers ``GET /models`` and serves ``settings.model``; raise :class:`JudgeUnavailable`."""
         import aiohttp
 
         connect_s = min(timeout_s, self.settings.connect_timeout_s)
-        limits = self.settings.with_(timeout_s=timeout_s, connect_timeout_s=connect_s)  # what errors name
+        # what errors name; a connect timeout past the total cannot fire first, so only the total is replaced
+        limits = self.settings.with_(timeout_s=timeout_s)
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_s),
             headers=self._headers,

@@ -431,9 +431,9 @@ def parse_points(text: str, max_items: int = DEFAULT_MAX_ITEMS, box_centres: boo
         return _finish(found, 2, "json", max_items)
     if box_centres:
         boxes = parse_boxes(text, max_items)
-        if boxes.syntax is not None and boxes.syntax != "json_empty":
+        if boxes.syntax is not None:  # an empty JSON list too: (0, 2) centres, syntax "json_empty"
             c = boxes.coords
-            centres = np.stack([(c[:, 0] + c[:, 2]) / 2, (c[:, 1] + c[:, 3]) / 2], axis=1) if len(c) else _empty(2)
+            centres = np.stack([(c[:, 0] + c[:, 2]) / 2, (c[:, 1] + c[:, 3]) / 2], axis=1)
             return Parsed(centres, boxes.labels, boxes.dropped, boxes.over_cap, boxes.syntax)
     found = _read_lists(text, 2)
     if found is not None:
@@ -591,7 +591,7 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ih = np.maximum(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0.0)
     inter = iw * ih
     union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(invalid="ignore"):  # 0/0 where the union is empty (as in box_iou)
         iou = np.where(union > 0, inter / union, 0.0)
     return np.minimum(iou, 1.0)
 
@@ -607,7 +607,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     wh = np.clip(rb - lt, 0, None)
     inter = wh[:, 0] * wh[:, 1]
     union = box_area(a2) + box_area(b2) - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # union = 0 only where inter = 0 (areas count negative extents as 0): 0/0 is the one case, masked by the where
+    with np.errstate(invalid="ignore"):
         iou = np.where(union > 0, inter / union, 0.0)  # in [0, 1]: 0 <= inter <= union by construction
     return iou if np.ndim(a) > 1 else iou.reshape(())
 
