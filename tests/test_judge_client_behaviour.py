@@ -518,3 +518,28 @@ def test_preflight_gives_up_after_10_s_by_default_on_a_server_that_never_answers
         with pytest.raises(JudgeUnavailable) as info:
             JudgeClient(settings_for(root)).preflight_sync()
     assert str(info.value) == f"judge at {root}/v1 is unreachable (timeout (10 s total))"
+
+
+def test_server_version_sends_the_key_for_a_gateway_that_guards_every_path():
+    async def guarded(request):
+        if request.headers.get("Authorization") != f"Bearer {KEY}":
+            return web.json_response({"error": {"message": "unauthorized"}}, status=401)
+        return web.json_response({"version": "0.24.0"})
+
+    with raw_server({"/version": guarded}) as root:
+        assert asyncio.run(JudgeClient(settings_for(root)).server_version(root + "/v1")) == "0.24.0"
+
+
+def test_server_version_gives_up_on_a_server_that_never_answers_or_never_accepts():
+    """Each limit is its own: the total (a server that accepts and stays silent) and the connect timeout (one whose
+    accept queue is full). A 1 s limit that is not applied leaves the call waiting on the other one (300 or 600 s),
+    which the generous 120 s guard turns into a failure."""
+
+    def version(root: str, timeout_s: float, **kw) -> str | None:
+        client = JudgeClient(settings_for(root, **kw))
+        return asyncio.run(asyncio.wait_for(client.server_version(root + "/v1", timeout_s=timeout_s), 120))
+
+    with silent_server() as root:
+        assert version(root, timeout_s=1) is None
+    with silent_server(backlog_full=True) as root:
+        assert version(root, timeout_s=600, connect_timeout_s=1.0) is None

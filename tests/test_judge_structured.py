@@ -36,7 +36,7 @@ def test_parse_version():
     assert parse_version(None) is None and parse_version("unknown") is None
 
 
-@pytest.mark.parametrize(("version", "constrained"), [("0.24.0", True), ("0.12.0", True), ("0.11.2", False)])
+@pytest.mark.parametrize(("version", "constrained"), [("0.24.0", True), ("0.12.0", True), ("0.12", True), ("0.11.2", False)])
 def test_version_decides_without_a_probe(version, constrained):
     with OpenAITestServer(models=["judge"], version=version) as server:
         support = detect_structured_outputs_sync(settings(server.base_url))

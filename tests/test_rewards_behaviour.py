@@ -721,6 +721,8 @@ def test_matching_helpers():
 
     assert distance_kernel(np.array([0.0, 5.0, 20.0]), 10).tolist() == [1.0, 0.5, 0.0]
     assert distance_kernel(np.array([0.0, 5.0]), 0).tolist() == [1.0, 0.0]  # scale 0: only exact hits
+    assert distance_kernel(np.array([0.0, 0.5, 1.0, 3.0]), 1).tolist() == [1.0, 0.5, 0.0, 0.0]  # a one-pixel scale
+    assert distance_kernel([0, 2], 4).tolist() == [1.0, 0.5]  # integer distances, a list
     assert point_distances(np.array([[0, 0]]), np.array([[3, 4], [0, 1]])).tolist() == [[5.0, 1.0]]
     assert point_distances(np.zeros((0, 2)), np.array([[3, 4]])).shape == (0, 1)
     m = hungarian_match(np.array([[np.nan, 0.5], [np.inf, 0.0]]))

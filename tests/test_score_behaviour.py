@@ -198,7 +198,10 @@ def test_resume_file_cuts_a_torn_last_line(tmp_path, caplog):
     again = score_cmd.ResumeFile(path, header(), rows=3)
     again.close()
     assert path.stat().st_size == size and again.resumed == 1
-    assert "dropping a torn last line (20 bytes)" in caplog.text
+    assert f"{path}: dropping a torn last line (20 bytes) left by an interrupted run" in caplog.messages
+    caplog.clear()
+    score_cmd.ResumeFile(path, header(), rows=3).close()  # an intact file: nothing to drop, nothing said
+    assert path.stat().st_size == size and "torn" not in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -208,6 +211,10 @@ def test_resume_file_cuts_a_torn_last_line(tmp_path, caplog):
         (header(settings={"t": {"w": 2}}), "holds rows scored with another settings (it has its own settings)"),
         (header(judge={"model": "other"}), "holds rows scored with another judge model (it has judge 'other')"),
         ({**header(), "version": 99}, "holds rows scored with another file version (it has 99)"),
+        (
+            header(sha="zzz", settings={"t": {"w": 2}}),
+            "holds rows scored with another input and settings (it has input sha256 zzz…, 3 rows, its own settings)",
+        ),
     ],
 )
 def test_resume_file_from_another_run_is_refused(tmp_path, other, message):
@@ -215,7 +222,10 @@ def test_resume_file_from_another_run_is_refused(tmp_path, other, message):
     score_cmd.ResumeFile(path, other, rows=3).close()
     with pytest.raises(score_cmd.ResumeMismatch) as info:
         score_cmd.ResumeFile(path, header(), rows=3)
-    assert message in str(info.value) and "--restart" in str(info.value)
+    assert str(info.value) == (
+        f"{path} {message}; rerun with the same input and settings to resume, or pass --restart to score every row "
+        "again"
+    )
     fresh = score_cmd.ResumeFile(path, header(), rows=3, restart=True)  # --restart discards it
     fresh.close()
     assert json.loads(path.read_text()) == header()
@@ -229,6 +239,7 @@ def test_resume_file_from_another_run_is_refused(tmp_path, other, message):
         (json.dumps(header()) + '\n{"i": 0, "final": true}\n', "corrupt row at byte"),
         (json.dumps(header()) + '\n{"i": 0}\n', "corrupt row at byte"),
         (json.dumps(header()) + '\n{"i": 7, "final": true, "v": {"score": 1}}\n', "row index 7 out of range"),
+        (json.dumps(header()) + '\n{"i": 3, "final": true, "v": {"score": 1}}\n', "row index 3 out of range"),
         (json.dumps(header()) + '\n{"i": -1, "final": true, "v": {"score": 1}}\n', "row index -1 out of range"),
     ],
 )

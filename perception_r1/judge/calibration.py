@@ -105,7 +105,7 @@ def load_rows(path: str | None = None) -> list[LabelledRow]:
     path = path or shipped_labels_path()
     rows = []
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, "rb") as handle:  # json reads UTF-8 bytes; a bad byte is "not valid JSON"
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue

@@ -99,7 +99,7 @@ class CanaryMixer:
         self.rows = list(rows)
         self.rate = per_step / max(1, rows_per_step) if self.rows else 0.0
         self._rng = random.Random(seed)
-        self._order: list[int] = []
+        self._order: list[int] = []  # pragma: no mutate (equivalent: None is as empty to `if not`)
         self._credit = 0.0
 
     def _next(self) -> LabelledRow:

@@ -65,22 +65,22 @@ def match_boxes(pred: np.ndarray, gt: np.ndarray) -> tuple[Match, np.ndarray]:
 
 def point_distances(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Euclidean distance matrix ``(n_pred, n_gt)`` between points ``(n, 2)`` and ``(m, 2)``."""
-    a = np.asarray(pred, dtype=np.float64)  # floats: integer (and unsigned) inputs must not wrap on subtraction
-    b = np.asarray(gt, dtype=np.float64)
+    # floats: integer (and unsigned) inputs must not wrap on subtraction
+    a, b = (np.asarray(points, dtype=np.float64) for points in (pred, gt))
     # Equivalent mutants: numpy reads any negative size as "the rest"; with one side empty, broadcasting gives the
     # same (n, m) zeros as the shortcut.
     a, b = a.reshape(-1, 2), b.reshape(-1, 2)  # pragma: no mutate
     if len(a) == 0 or len(b) == 0:  # pragma: no mutate
-        return np.zeros((len(a), len(b)), dtype=np.float64)
+        return np.zeros((len(a), len(b)))  # float64
     return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=-1))
 
 
 def distance_kernel(distance: np.ndarray, scale: float) -> np.ndarray:
     """Pair score ``max(0, 1 - d / scale)``: 1 on the target, 0 from ``scale`` pixels away (monotone in ``d``)."""
-    d = np.asarray(distance, dtype=np.float64)
+    d = np.asarray(distance)
     if scale <= 0:
-        return (d == 0).astype(np.float64)
-    return np.clip(1.0 - d / scale, 0.0, 1.0)
+        return np.where(d == 0, 1.0, 0.0)
+    return np.maximum(1.0 - d / scale, 0.0)  # at most 1: distances are >= 0
 
 
 def match_points(pred: np.ndarray, gt: np.ndarray, scale: float) -> tuple[Match, np.ndarray]:
