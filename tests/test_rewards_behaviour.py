@@ -85,6 +85,17 @@ def test_ngram_penalty_defaults_are_the_task_defaults():
     assert row["ngram_penalty"] == -1.0 and row["score"] == -1.0
 
 
+def test_ngram_penalty_edges():
+    import math
+
+    assert ngram_penalty("a a", n=1) == -1.0 and ngram_penalty("a b", n=1) == 0.0  # n = 1 is a real size
+    assert ngram_penalty("a a a a", n=0) == 0.0 and ngram_penalty("a a a a", n=-3) == 0.0  # no such n-grams
+    clean = ngram_penalty("a b c d", n=2)
+    assert clean == 0.0 and math.copysign(1.0, clean) == 1.0  # never -0.0 (it would print as "-0.0")
+    # lower-cased words: "Straße" and "STRASSE" stay different words (upper-casing would merge them)
+    assert ngram_penalty("Straße STRASSE", n=1) == 0.0 and ngram_penalty("Again AGAIN", n=1) == -1.0
+
+
 def test_hard_limit_leaves_math_verifys_own_timeouts_room():
     """A check is two parses and a verify, each bounded by math-verify's own timeout: the hard kill (a crash-like
     0) must come only after all three could have ended cleanly."""

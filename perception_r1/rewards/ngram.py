@@ -16,9 +16,11 @@ def ngram_penalty(response: str, n: int = 20, max_penalty: float = -2.0) -> floa
     >>> ngram_penalty("a a a a a", n=2, max_penalty=-2.0)
     -1.5
     """
+    if n <= 0:
+        return 0.0
     words = response.lower().split()
     total = len(words) - n + 1
-    if n <= 0 or total <= 0:
+    if total <= 1:  # pragma: no mutate (equivalent: `< 1` too; a single n-gram is unique, 0 either way)
         return 0.0
     # Each n-gram as a substring of the space-joined words (slices and str hashes run in C: faster than
     # building tuples of n words). The trailing space makes every n-gram end in exactly one separator.
