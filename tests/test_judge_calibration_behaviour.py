@@ -177,3 +177,10 @@ def test_run_judge_sends_free_text_requests_by_default():
         [result] = asyncio.run(go())
         [record] = server.log
     assert "structured_outputs" not in record.body and result.prompt == "paper"
+
+
+def test_pairs_put_each_verdict_beside_its_label_and_a_failed_call_judges_nothing_present():
+    row = LabelledRow("p", ("a", "b", "c"), (1, 0, 1), "partial", 3)
+    assert RowResult(row, [1, 1, 0], False).pairs() == [(1, 1), (1, 0), (0, 1)]
+    assert RowResult(row, [1, 1, 1], True).pairs() == [(0, 1), (0, 0), (0, 1)]  # what training scores a failure
+    assert RowResult(row, [], True).pairs() == [(0, 1), (0, 0), (0, 1)]  # a failure need not carry verdicts
