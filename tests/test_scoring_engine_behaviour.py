@@ -222,14 +222,14 @@ def _with_scorer(scorer: RewardScorer, work):
         scorer.close()
 
 
-def _geo_scores(scorer: RewardScorer, rows: list[ScoreRow]) -> list[Scored]:
+def _score_all(scorer: RewardScorer, rows: list[ScoreRow]) -> list[Scored]:
     return _with_scorer(scorer, lambda: scorer.score_many(rows))
 
 
 def test_an_annotated_row_without_a_judge_is_flagged_judge_failed(caplog):
     scorer = RewardScorer(workers=1)
     rows = [ScoreRow(GEO3K, GEO_RESPONSE, "6", {"visual_annotations": GEO_FACTS})] * 2
-    results = _geo_scores(scorer, rows)
+    results = _score_all(scorer, rows)
     for result in results:
         assert result.values["judge_failed"] == 1 and result.values["visual"] == 0.0
         assert result.judged and result.judge is not None and result.judge.failed
@@ -242,7 +242,7 @@ def test_an_annotated_row_without_a_judge_is_flagged_judge_failed(caplog):
 
 def test_a_row_without_annotations_asks_no_judge():
     scorer = RewardScorer(workers=1)
-    [result] = _geo_scores(scorer, [ScoreRow(GEO3K, GEO_RESPONSE, "6", {"visual_annotations": []})])
+    [result] = _score_all(scorer, [ScoreRow(GEO3K, GEO_RESPONSE, "6", {"visual_annotations": []})])
     assert result.values["visual"] is None and result.values["judge_failed"] == 0
     assert result.values["judge_truncated"] == 0 and not result.judged and result.judge is None
     # the same column types as a judged row's (0/1 flags), so a JSONL or parquet column never mixes 0 and 0.0
@@ -257,10 +257,10 @@ def test_a_judged_row_reports_the_judge_and_its_failures():
         settings = JudgeSettings(base_urls=(server.base_url,), model="judge", max_retries=0)
         scorer = RewardScorer(judge=JudgeClient(settings), workers=1)
         rows = [ScoreRow(GEO3K, GEO_RESPONSE, "6", {"visual_annotations": [*GEO_FACTS, "BC = 99"]})]
-        [ok] = _geo_scores(scorer, rows)
+        [ok] = _score_all(scorer, rows)
         server.fail_next(1, status=503)
         scorer = RewardScorer(judge=JudgeClient(settings), workers=1)
-        [failed] = _geo_scores(scorer, rows)
+        [failed] = _score_all(scorer, rows)
     assert ok.values["visual"] == pytest.approx(2 / 3) and ok.values["judge_failed"] == 0 and ok.judged
     assert ok.judge_latency_s is not None and ok.judge_latency_s >= 0.01 and ok.judge_error is None
     assert ok.values["accuracy"] == 1.0
@@ -477,7 +477,7 @@ def test_rows_judged_at_once_share_one_structured_output_probe():
     with OpenAITestServer(models=["judge"], version=None) as server:
         settings = JudgeSettings(base_urls=(server.base_url,), model="judge", max_retries=0)
         scorer = RewardScorer(judge=JudgeClient(settings), workers=1)
-        results = _geo_scores(scorer, _judged_rows(6))
+        results = _score_all(scorer, _judged_rows(6))
         probes = sum(_is_probe(r.body) for r in server.log)
     assert probes == 1 and [r.values["visual"] for r in results] == [1.0] * 6
 
@@ -498,7 +498,7 @@ def test_the_judge_counters_count_every_call_and_every_failure():
         server.fail_next(2, status=503)
         settings = JudgeSettings(base_urls=(server.base_url,), model="judge", max_retries=0, max_concurrency=1)
         scorer = RewardScorer(judge=JudgeClient(settings), workers=1)
-        results = _geo_scores(scorer, _judged_rows(3))
+        results = _score_all(scorer, _judged_rows(3))
     assert sorted(r.values["judge_failed"] for r in results) == [0, 1, 1]
     assert (scorer.judge_calls, scorer.judge_failures) == (3, 2)
 
@@ -618,7 +618,7 @@ def test_a_judged_task_without_an_isolated_check_asks_the_papers_question(annota
             ScoreRow(ANNOTATED, "AB = 12 here", None, {"facts": facts}),
             ScoreRow(ANNOTATED, None, None, {"facts": facts}),
         ]  # type: ignore[arg-type]
-        results = _geo_scores(scorer, rows)
+        results = _score_all(scorer, rows)
         asked = [r.body["messages"] for r in server.log if not _is_probe(r.body)]
     assert [r.values["visual"] for r in results] == [0.5, 0.0] and [r.values["score"] for r in results] == [0.5, 0.0]
     assert all(r.judged and r.values["judge_failed"] == 0 for r in results)
