@@ -181,6 +181,14 @@ def test_interleaved_think_and_answer_tags_fail_the_template():
     assert ok and answer == "[1, 2, 3, 4]"
 
 
+@pytest.mark.parametrize("rule", ["strict", "paper"])
+@pytest.mark.parametrize("garbage", [None, 2, b"<think>\na\n</think>\n<answer>\n\\boxed{2}\n</answer>"])
+def test_a_response_that_is_not_text_earns_no_format_credit(garbage, rule):
+    # a broken rollout can hand the reward None, a number or bytes: never format credit, never an exception
+    assert format_reward(garbage, rule=rule) == 0.0
+    assert format_reward(garbage, template="perception", rule=rule) == 0.0
+
+
 def test_perception_template_needs_every_block_in_order():
     good = "<perception>\nAB = 2\n</perception>\n<think>\nso x = 2\n</think>\n<answer>\n\\boxed{2}\n</answer>"
     assert format_reward(good, template="perception") == 1.0
@@ -868,6 +876,7 @@ def test_points_always_come_as_n_by_2_with_their_labels():
 
     for text in ["", None, "no numbers here", "[]", "```json\n[]\n```", "[1, 2, 3]"]:
         assert parse_points(text).coords.shape == (0, 2), text  # type: ignore[arg-type]
+        assert parse_points(text, box_centres=False).coords.shape == (0, 2), text  # type: ignore[arg-type]
     assert parse_points("[]").syntax == "json_empty" and parse_points("[]", box_centres=False).syntax == "json_empty"
     centres = parse_points('[{"bbox_2d": [0, 0, 10, 20], "label": "cat"}, {"bbox_2d": [10, 10, 20, 20]}]')
     assert centres.coords.tolist() == [[5.0, 10.0], [15.0, 15.0]] and centres.labels == ["cat", None]
@@ -892,8 +901,9 @@ def test_counting_and_grounding_edge_answers():
 def test_point_distances_of_unsigned_integer_points_do_not_wrap():
     from perception_r1.rewards.matching import point_distances
 
-    a, b = np.array([[0, 0]], dtype=np.uint8), np.array([[3, 4]], dtype=np.uint8)
-    assert point_distances(a, b).tolist() == [[5.0]] and point_distances(b, a).tolist() == [[5.0]]
+    # 30² + 40² = 2500 overflows uint8 (3² + 4² would not: its wrapped squares sum to the same 25)
+    a, b = np.array([[0, 0]], dtype=np.uint8), np.array([[30, 40]], dtype=np.uint8)
+    assert point_distances(a, b).tolist() == [[50.0]] and point_distances(b, a).tolist() == [[50.0]]
 
 
 def test_ngram_settings_reach_the_penalty():

@@ -231,6 +231,16 @@ def test_resume_file_from_another_run_is_refused(tmp_path, other, message):
     assert json.loads(path.read_text()) == header()
 
 
+def test_a_refusal_names_a_files_missing_judge_and_a_short_input_hash(tmp_path):
+    """The file was scored without a judge, this run has one: "judge None"; a full sha256 is cut to 12 digits."""
+    path = tmp_path / "r.jsonl"
+    sha = "0123456789abcdef" * 4
+    score_cmd.ResumeFile(path, header(sha=sha), rows=3).close()
+    with pytest.raises(score_cmd.ResumeMismatch) as info:
+        score_cmd.ResumeFile(path, header(judge={"model": "m"}), rows=3)
+    assert "holds rows scored with another input and judge model (it has input sha256 0123456789ab…, 3 rows, judge None)" in str(info.value)
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
