@@ -87,7 +87,7 @@ def test_worker_startup_and_warmup_are_not_timed(monkeypatch):
         assert p.timeouts == 1
         # the real math-verify check runs in a warmed worker too (a generous limit: this is not a speed test)
         settings = Geo3kVisualSettings()
-        assert p.submit(accuracy_from_key, (("12", "12.0"), settings), timeout_s=60).result(120) == 1.0
+        assert p.submit(accuracy_from_key, (("12", "12.0", "boxed"), settings), timeout_s=60).result(120) == 1.0
     finally:
         p.close()
 

@@ -147,20 +147,23 @@ def test_accuracy_key_follows_the_fallback_setting():
 
 def test_math_verify_reads_the_ground_truth_as_gold():
     """math-verify is not symmetric: a gold inequality accepts the interval, a gold interval does not accept the
-    inequality. The ground truth must reach it as the gold (and a 2-tuple key is a boxed answer)."""
-    assert verify_answer("1 < x < 2", "(1,2)") == 1.0
-    assert verify_answer("(1,2)", "1 < x < 2") == 0.0
+    inequality. The ground truth must reach it as the gold."""
+    assert verify_answer("1 < x < 2", "(1,2)", 5.0) == 1.0
+    assert verify_answer("(1,2)", "1 < x < 2", 5.0) == 0.0
     s = geo3k_visual.Geo3kVisualSettings()
     assert accuracy_from_key(("1 < x < 2", "(1,2)", "boxed"), s) == 1.0
     assert accuracy_from_key(("(1,2)", "1 < x < 2", "boxed"), s) == 0.0
-    assert accuracy_from_key(("1 < x < 2", "(1,2)"), s) == 1.0
 
 
 def test_free_text_is_read_only_from_a_block_without_a_box():
-    assert verify_answer("5", "The answer is 5", kind="block") == 1.0
-    assert verify_answer("5", "The answer is 5") == 0.0  # boxed reading: one expression, not a sentence
+    assert verify_answer("5", "The answer is 5", 5.0, kind="block") == 1.0
+    assert verify_answer("5", "The answer is 5", 5.0) == 0.0  # boxed reading: one expression, not a sentence
+    s = geo3k_visual.Geo3kVisualSettings()
+    key = accuracy_key("<think>\nso\n</think>\n<answer>\nThe answer is 5\n</answer>", 5, s)
+    assert key == ("5", "The answer is 5", "block") and accuracy_from_key(key, s) == 1.0  # the kind reaches it
+    assert accuracy_from_key(("5", "The answer is 5", "boxed"), s) == 0.0
     # nothing math-verify can parse on either side: the texts are compared without spaces and a final full stop
-    assert verify_answer("$$", "$ $.") == 1.0 and verify_answer("$$", "$$x") == 0.0
+    assert verify_answer("$$", "$ $.", 5.0) == 1.0 and verify_answer("$$", "$$x", 5.0) == 0.0
 
 
 # ------------------------------------------------------------------ templates
@@ -765,7 +768,7 @@ def test_quick_verdict_decides_only_what_is_certain():
     assert {k: quick_verdict(k) for k in cases} == cases
     for key, verdict in cases.items():  # where it answers, math-verify agrees
         if verdict is not None:
-            assert verify_answer(key[0].strip(), key[1].strip()) == verdict, key
+            assert verify_answer(key[0].strip(), key[1].strip(), 5.0) == verdict, key
 
 
 PAPER_THINK = re.compile(r"^<think>\n.*?\n</think>\n<answer>\n.*?\\boxed{.+?}.*?\n</answer>$", re.DOTALL)

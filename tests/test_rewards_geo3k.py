@@ -152,7 +152,7 @@ def test_last_boxed_fbox_and_none():
     ],
 )
 def test_verify_answer_equivalences(ground_truth, answer, expected):
-    assert verify_answer(ground_truth, answer) == expected
+    assert verify_answer(ground_truth, answer, 5.0) == expected
 
 
 # ------------------------------------------------------------------------------------------------ n-gram
@@ -276,7 +276,7 @@ def test_shortcut_agrees_with_math_verify_and_skips_the_pool():
     for key in pairs:
         verdict = quick_verdict(key)
         if verdict is not None:
-            assert verdict == verify_answer(*key), key
+            assert verdict == verify_answer(*key, timeout_s=5.0), key
     assert quick_verdict(("3", "3.0000004")) is None  # near-equal numbers go to math-verify's rounding rules
     local = RewardScorer(workers=1)
     try:

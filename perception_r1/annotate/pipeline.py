@@ -27,7 +27,7 @@ from typing import Any
 
 from ..jsonl import iter_jsonl
 from ..judge.client import JudgeClient, JudgeError
-from ..rewards.math_answer import extract_answer, last_boxed, verify_answer
+from ..rewards.math_answer import MATH_TIMEOUT_S, extract_answer, last_boxed, verify_answer
 from . import prompts
 from .store import StageStore, fingerprint
 
@@ -301,7 +301,7 @@ class Annotator:
         if not answer:
             return None, False
         try:
-            return answer, verify_answer(problem.answer, answer) == 1.0
+            return answer, verify_answer(problem.answer, answer, MATH_TIMEOUT_S) == 1.0
         except Exception as exc:  # math-verify on a pathological answer: treat as wrong, keep going
             logger.debug("verify failed for %s: %s", problem.id, exc)
             return answer, False

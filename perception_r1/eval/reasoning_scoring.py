@@ -46,10 +46,10 @@ def _close(a: float, b: float) -> bool:
 
 def _verify(gold: str, pred: str) -> bool:
     """math-verify equivalence (call from a main thread: its timeouts use SIGALRM)."""
-    from ..rewards.math_answer import verify_answer
+    from ..rewards.math_answer import MATH_TIMEOUT_S, verify_answer
 
     try:
-        return verify_answer(gold, pred, timeout_s=5.0) == 1.0
+        return verify_answer(gold, pred, timeout_s=MATH_TIMEOUT_S) == 1.0
     except Exception:  # a parser bug on odd LaTeX must not stop a scoring run
         return False
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from .format import FormatRule, Template, format_reward
-from .math_answer import accuracy_from_key, accuracy_key, quick_verdict
+from .math_answer import MATH_TIMEOUT_S, accuracy_from_key, accuracy_key, quick_verdict
 from .ngram import ngram_penalty
 from .registry import Components, IsolatedCheck, Task, register_task
 
@@ -29,7 +29,7 @@ class Geo3kVisualSettings:
     visual_weight: float = 0.7
     ngram_size: int = 20
     ngram_max_penalty: float = -2.0
-    math_timeout_s: float = 5.0
+    math_timeout_s: float = MATH_TIMEOUT_S
     """math-verify's own parse/verify timeout (runs on a worker's main thread)."""
     math_hard_timeout_s: float = 15.0
     """Hard limit per accuracy check: past it the worker process is killed and accuracy is 0."""

@@ -17,6 +17,8 @@ _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 BOXED_ONLY: tuple[str, ...] = ("\\boxed{",)
 """What the format reward accepts: the prompt asks for ``\\boxed{}`` (the original's regex takes no ``\\fbox``)."""
 _BRACE = re.compile(r"[{}]")
+MATH_TIMEOUT_S = 5.0
+"""math-verify's parse/verify limit unless a caller says otherwise (the geo3k setting ``math_timeout_s``)."""
 
 
 def last_boxed(text: str, markers: tuple[str, ...] = ("\\boxed{", "\\fbox{")) -> str | None:
@@ -113,13 +115,15 @@ def extract_answer(response: str, fallback: bool = True) -> str | None:
     return candidate[1] if candidate is not None else None
 
 
-def verify_answer(ground_truth: str, answer: str, timeout_s: float = 5.0, kind: str = "boxed") -> float:
+def verify_answer(ground_truth: str, answer: str, timeout_s: float, kind: str = "boxed") -> float:
     """1.0 when math-verify finds ``answer`` equivalent to ``ground_truth``, else 0.0.
 
     The ground truth is read boxed first (so ``2\\sqrt{3}`` is 2√3, not the 2 that plain-text extraction finds),
     then as plain text. ``kind="boxed"`` reads ``answer`` as one expression; ``kind="block"`` (an answer block
     without ``\\boxed``) also reads it as free text, and either reading may match.
-    Must run on a main thread for math-verify's own timeouts to apply (see the module docstring).
+    ``timeout_s`` is math-verify's own parse/verify limit (whole seconds, at least 1); it has no default here so
+    that the one default is the task setting ``math_timeout_s``. Must run on a main thread for math-verify's own
+    timeouts to apply (see the module docstring).
     """
     from math_verify import verify
 
@@ -159,7 +163,7 @@ def _parse_plain(text: str, timeout: int) -> tuple:
 
 def warm_worker() -> None:
     """Import math-verify and build its parsers in an isolation worker before its first timed check."""
-    verify_answer("1", "1")
+    verify_answer("1", "1", timeout_s=1)
 
 
 def _normalise(text: str) -> str:
@@ -205,8 +209,7 @@ def accuracy_key(response: str, ground_truth: Any, settings: Any) -> Hashable | 
 
 
 def accuracy_from_key(key: Hashable, settings: Any) -> float:
-    """Worker-process entry point: ``verify_answer`` on a memo key from :func:`accuracy_key` (a 2-tuple
-    ``(ground_truth, answer)`` is a boxed answer)."""
-    ground_truth, answer, *rest = key  # type: ignore[misc]
-    kind = rest[0] if rest else "boxed"
-    return verify_answer(ground_truth, answer, timeout_s=getattr(settings, "math_timeout_s", 5.0), kind=kind)
+    """Worker-process entry point: ``verify_answer`` on a memo key ``(ground_truth, answer, kind)`` from
+    :func:`accuracy_key`, under the task's ``math_timeout_s``."""
+    ground_truth, answer, kind = key  # type: ignore[misc]
+    return verify_answer(ground_truth, answer, timeout_s=settings.math_timeout_s, kind=kind)
