@@ -32,12 +32,18 @@ def make(urls: str, **kw) -> JudgeClient:
     return JudgeClient(JudgeSettings(base_urls=JudgeSettings.split_urls(urls), **kw))
 
 
+# Far past every limit these tests configure (at most a few seconds): a client that ignores its own timeouts fails
+# the test here instead of waiting for a hanging server forever.
+GUARD_S = 30
+
+
 def run_chats(client: JudgeClient, n: int = 1, **params):
     """``n`` concurrent chats on one loop; exceptions are returned, not raised."""
 
     async def go():
         try:
-            return await asyncio.gather(*(client.chat(MESSAGES, **params) for _ in range(n)), return_exceptions=True)
+            chats = asyncio.gather(*(client.chat(MESSAGES, **params) for _ in range(n)), return_exceptions=True)
+            return await asyncio.wait_for(chats, GUARD_S)
         finally:
             await client.aclose()
 
