@@ -543,3 +543,63 @@ def test_server_version_gives_up_on_a_server_that_never_answers_or_never_accepts
         assert version(root, timeout_s=1) is None
     with silent_server(backlog_full=True) as root:
         assert version(root, timeout_s=600, connect_timeout_s=1.0) is None
+
+
+# ------------------------------------------------------------------ what a request carries, what the stats add up
+
+
+def test_a_request_is_json_with_the_key_and_the_configured_temperature(server):
+    server.record = True
+    result, _ = chat_once(settings_for(server.base_url, temperature=0.3))
+    headers = {k.lower(): v for k, v in server.headers[0].items()}
+    assert headers["content-type"].lower() == "application/json"  # vLLM's FastAPI parses the body by this type
+    assert headers["authorization"] == f"Bearer {KEY}"
+    assert server.requests[0]["temperature"] == 0.3 and result.text == REPLY
+    assert 0 <= result.latency_s < 60  # seconds since the call began, not a clock reading
+
+
+def test_stats_add_up_over_calls(server):
+    client = JudgeClient(settings_for(server.base_url, backoff_s=0.001, max_retries=0, max_tokens=2))
+
+    async def go():
+        try:
+            results = [await client.chat(MESSAGES) for _ in range(2)]
+            server.fail_next(2, status=503)
+            for _ in range(2):
+                with pytest.raises(JudgeError):
+                    await client.chat(MESSAGES)
+            return results
+        finally:
+            await client.aclose()
+
+    first, second = asyncio.run(go())
+    assert first.finish_reason == second.finish_reason == "length"  # a 2-token budget truncates the reply
+    assert client.stats.prompt_tokens == first.prompt_tokens + second.prompt_tokens > first.prompt_tokens
+    assert client.stats.completion_tokens == first.completion_tokens + second.completion_tokens
+    assert client.stats.truncated == 2 and client.stats.failures == 2 and client.stats.requests == 4
+
+
+def test_a_retry_moves_on_to_the_next_replica_in_order():
+    ports = []
+    for _ in range(3):  # three ports nobody listens on: every attempt is refused and retried
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    urls = ",".join(f"http://127.0.0.1:{port}/v1" for port in ports)
+    error, _ = chat_once(settings_for(urls, max_retries=1, backoff_s=0.001))
+    assert isinstance(error, JudgeError) and error.attempts == 2
+    assert error.url == f"http://127.0.0.1:{ports[1]}/v1/chat/completions"  # first, then the next one
+
+
+def test_aclose_closes_the_pool_of_the_running_loop(server):
+    client = JudgeClient(settings_for(server.base_url))
+
+    async def go():
+        await client.chat(MESSAGES)
+        session, _ = client._session()
+        await client.aclose()
+        await client.aclose()  # twice is fine: nothing left to close
+        return session
+
+    session = asyncio.run(go())
+    assert session.closed and client._per_loop == {}
