@@ -8,6 +8,7 @@ non-JSON body on ``GET /models``) a small aiohttp app of the same kind started h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import socket
@@ -580,13 +581,14 @@ def test_stats_add_up_over_calls(server):
 
 
 def test_a_retry_moves_on_to_the_next_replica_in_order():
-    ports = []
-    for _ in range(3):  # three ports nobody listens on: every attempt is refused and retried
-        with socket.socket() as sock:
+    with contextlib.ExitStack() as stack:
+        # three bound ports nobody listens on, held for the test so they are distinct: every attempt is refused
+        socks = [stack.enter_context(socket.socket()) for _ in range(3)]
+        for sock in socks:
             sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    urls = ",".join(f"http://127.0.0.1:{port}/v1" for port in ports)
-    error, _ = chat_once(settings_for(urls, max_retries=1, backoff_s=0.001))
+        ports = [sock.getsockname()[1] for sock in socks]
+        urls = ",".join(f"http://127.0.0.1:{port}/v1" for port in ports)
+        error, _ = chat_once(settings_for(urls, max_retries=1, backoff_s=0.001))
     assert isinstance(error, JudgeError) and error.attempts == 2
     assert error.url == f"http://127.0.0.1:{ports[1]}/v1/chat/completions"  # first, then the next one
 

@@ -163,7 +163,7 @@ def _parse_plain(text: str, timeout: int) -> tuple:
 
 def warm_worker() -> None:
     """Import math-verify and build its parsers in an isolation worker before its first timed check."""
-    verify_answer("1", "1", timeout_s=1)
+    verify_answer("1", "1", timeout_s=MATH_TIMEOUT_S)
 
 
 def _normalise(text: str) -> str:
