@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -958,3 +959,38 @@ def test_detection_counts_predictions_past_the_cap_in_n_pred():
     gt = [{"bbox": [0, 0, 5, 10], "label": "cat"}]
     parts = rule_components(f"[{boxes}]", gt, {"image_size": [100, 100]}, settings)
     assert (parts["n_pred"], parts["over_cap"]) == (5, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StringAnnotated:
+    """Annotations are strings here (``from __future__ import annotations``), as in every settings class."""
+
+    weight: float = 1.0
+    limit: int | None = 3
+    rule: typing.Literal["paper", "strict"] = "paper"
+    on: bool = False
+
+
+def test_settings_with_string_annotations_are_coerced_to_the_resolved_types():
+    assert isinstance(dataclasses.fields(_StringAnnotated)[0].type, str)
+    s = build_settings(_StringAnnotated, {"weight": "0.5", "limit": "7", "rule": "strict", "on": "yes"})
+    assert (s.weight, s.limit, s.rule, s.on) == (0.5, 7, "strict", True)
+    assert build_settings(_StringAnnotated, {"limit": "none"}).limit is None
+    with pytest.raises(ValueError, match=r"setting 'rule': expected one of \['paper', 'strict'\], got 'lax'"):
+        build_settings(_StringAnnotated, {"rule": "lax"})
+
+
+def test_a_preset_other_tasks_declare_pins_nothing_and_an_unknown_one_is_refused():
+    from perception_r1.rewards.registry import check_setting_keys, selected_preset
+
+    # "paper" is declared by the built-in tasks, not by this class: the defaults stay
+    assert build_settings(_StringAnnotated, {"preset": "paper", "on": "1"}) == _StringAnnotated(on=True)
+    for nothing in (None, "", " None ", "default", "DEFAULT"):
+        assert selected_preset({"preset": nothing}) is None
+    assert selected_preset({}) is None
+    assert selected_preset({"preset": " paper "}) == "paper"
+    with pytest.raises(ValueError, match=r"setting 'preset': unknown preset 'papr'; known presets: \['paper'\]"):
+        build_settings(_StringAnnotated, {"preset": "papr"})
+    with pytest.raises(ValueError, match="unknown preset 'papr'"):
+        check_setting_keys({"preset": "papr", "format_weight": 1.0})
+    check_setting_keys({"preset": "default", "format_weight": 1.0})

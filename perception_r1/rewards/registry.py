@@ -132,9 +132,8 @@ def validate_row(task: Task, ground_truth: Any, extra_info: Mapping[str, Any], s
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Convert a ``--set`` string (or a config value) to the field's declared type."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, vars(typing))  # dataclass annotations under `from __future__ import annotations`
+    """Convert a ``--set`` string (or a config value) to the field's declared type (a resolved annotation, as
+    ``typing.get_type_hints`` returns it)."""
     origin = typing.get_origin(annotation)
     if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -178,25 +177,35 @@ def known_presets() -> list[str]:
     return sorted({name for task in registered_tasks().values() for name in presets_of(task.settings)})
 
 
+def selected_preset(overrides: Mapping[str, Any]) -> str | None:
+    """The preset name ``overrides`` selects, or ``None`` when it selects none (absent, empty, ``none``, ``default``).
+
+    A name that no registered task declares is a ``ValueError`` naming the setting and the known presets: a typo
+    must not silently train with the defaults.
+    """
+    name = overrides.get(PRESET_KEY)
+    if name is None or (isinstance(name, str) and name.strip().lower() in {"", "none", "default"}):
+        return None
+    name = str(name).strip()
+    known = known_presets()
+    if name not in known:
+        raise ValueError(f"setting {PRESET_KEY!r}: unknown preset {name!r}; known presets: {known}")
+    return name
+
+
 def apply_preset(settings_cls: type, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """``overrides`` with the selected preset's values for ``settings_cls`` filled in underneath.
 
     Presets are per settings class, because one key can mean a different value per task (``format_weight`` is
-    0.1 in the geo3k paper and 1.0 in the perception paper). Explicit keys always win over the preset. A preset
-    name that no registered task declares is a ``ValueError`` naming the setting and the known presets.
+    0.1 in the geo3k paper and 1.0 in the perception paper). Explicit keys always win over the preset; a preset
+    that only other tasks declare pins nothing here. An unknown preset name is a ``ValueError``
+    (:func:`selected_preset`).
     """
-    name = overrides.get(PRESET_KEY)
+    name = selected_preset(overrides)
     out = {k: v for k, v in overrides.items() if k != PRESET_KEY}
-    if name is None or (isinstance(name, str) and name.strip().lower() in {"", "none", "default"}):
+    if name is None:
         return out
-    name = str(name).strip()
-    declared = presets_of(settings_cls)
-    if name not in declared:
-        known = known_presets()
-        if name not in known:
-            raise ValueError(f"setting {PRESET_KEY!r}: unknown preset {name!r}; known presets: {known}")
-        return out  # a preset of other tasks: nothing to pin here
-    return {**declared[name], **out}
+    return {**presets_of(settings_cls).get(name, {}), **out}
 
 
 def build_settings(settings_cls: type, overrides: Mapping[str, Any]) -> Any:
@@ -209,7 +218,7 @@ def build_settings(settings_cls: type, overrides: Mapping[str, Any]) -> Any:
     kwargs = {}
     for f in dataclasses.fields(settings_cls):
         if f.name in overrides:
-            kwargs[f.name] = _coerce(overrides[f.name], hints.get(f.name, f.type), f.name)
+            kwargs[f.name] = _coerce(overrides[f.name], hints[f.name], f.name)
     return settings_cls(**kwargs)
 
 
@@ -225,9 +234,7 @@ def check_setting_keys(overrides: Mapping[str, Any]) -> None:
     for key in overrides:
         if key not in known:
             raise ValueError(f"unknown setting {key!r}; known settings: {sorted(known)}")
-    if PRESET_KEY in overrides:
-        for task in registered_tasks().values():
-            apply_preset(task.settings, overrides)
+    selected_preset(overrides)
 
 
 def parse_set_options(items: list[str] | None) -> dict[str, str]:
