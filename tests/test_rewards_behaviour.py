@@ -133,6 +133,10 @@ def test_answer_candidate_kinds():
     assert answer_candidate("<answer>\nThe answer is 5\n</answer>") == ("block", "The answer is 5")
     assert answer_candidate("<answer>\n\\boxed{ }\n</answer>") == ("block", "\\boxed{ }")  # an empty box is no box
     assert answer_candidate("<answer>\n\n</answer>") is None
+    # the last box of the block, read as one expression ("boxed"), also when a box precedes the block
+    assert answer_candidate("\\boxed{1} <answer>\\boxed{ 3 } or \\boxed{4}</answer>") == ("boxed", "4")
+    # the last block: one before it does not count, an unclosed one after it does not either
+    assert answer_candidate("<answer>\\boxed{1}</answer> <answer>\\boxed{2}</answer> <answer>x") == ("boxed", "2")
     assert answer_candidate(r"reasoning \boxed{ 7 }") == ("boxed", "7")
     assert answer_candidate(r"reasoning \boxed{7}", fallback=False) is None
     assert answer_candidate(r"reasoning \boxed{ }") is None

@@ -65,7 +65,7 @@ def answer_block(response: str) -> str | None:
     end = response.rfind(_ANSWER_CLOSE)
     if end == -1:
         return None
-    start = response.rfind(_ANSWER_OPEN, 0, end)
+    start = response[:end].rfind(_ANSWER_OPEN)
     if start == -1:
         return None
     return response[start + len(_ANSWER_OPEN) : end].strip()
@@ -181,10 +181,10 @@ def quick_verdict(key: Hashable) -> float | None:
     Identical strings are equal; two plain decimal numbers are equal when their values are, and unequal when they
     differ by more than 0.1% (math-verify compares numbers after rounding to 6 decimals, so only near-equal pairs
     need it). In GRPO batches most answers fall here, which saves a worker round trip and ~2 ms of sympy each.
-    Keys are ``(ground_truth, answer)`` or ``(ground_truth, answer, kind)`` (a bare number reads the same way in
-    both kinds).
+    Keys are :func:`accuracy_key`'s ``(ground_truth, answer, kind)`` (a bare number reads the same way in both
+    kinds).
 
-    >>> quick_verdict(("13", "13.0")), quick_verdict(("13", "26")), quick_verdict(("13", "x = 13"))
+    >>> quick_verdict(("13", "13.0", "boxed")), quick_verdict(("13", "26", "boxed")), quick_verdict(("13", "x = 13", "block"))
     (1.0, 0.0, None)
     """
     ground_truth, answer = key[0].strip(), key[1].strip()  # type: ignore[index]
@@ -201,7 +201,7 @@ def quick_verdict(key: Hashable) -> float | None:
 
 def accuracy_key(response: str, ground_truth: Any, settings: Any) -> Hashable | None:
     """Memo key for the accuracy check: ``(ground_truth, answer, kind)``; ``None`` when nothing to check."""
-    candidate = answer_candidate(response, fallback=getattr(settings, "answer_fallback", True))
+    candidate = answer_candidate(response, fallback=settings.answer_fallback)
     if candidate is None:
         return None
     kind, answer = candidate
