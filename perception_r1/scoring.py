@@ -269,7 +269,12 @@ class RewardScorer:
                 logger.warning("rows have visual annotations but no judge is configured: visual = 0, judge_failed = 1")
                 self._warned_no_judge = True
             self.judge_failures += 1
-            return VisualVerdict([0] * len(annotations), failed=True, latency_s=None, error="no judge is configured")
+            return VisualVerdict(
+                [0] * len(annotations),  # pragma: no mutate (equivalent: a failed verdict's list is never read)
+                failed=True,
+                latency_s=None,
+                error="no judge is configured",
+            )
         self.judge_calls += 1
         verdict = await judge_visual(
             self.judge, annotations, response, prompt=prompt, constrained=await self.constrained()
