@@ -769,6 +769,8 @@ def test_quick_verdict_decides_only_what_is_certain():
         ("13", "26"): 0.0, ("1000", "1001.5"): 0.0, ("0", "0.002"): 0.0, ("-2", "+2"): 0.0,
         ("13", "x=13"): None, ("1000", "1000.5"): None, ("0.1", "0.1001"): None, ("0", "0.0005"): None,
         ("1e3", "1000"): None,
+        # exactly 0.1 % apart is still close; 0.09995 % of the larger is close either way round (0.1 % of the smaller)
+        ("1000", "999"): None, ("1000", "1001.0005"): None, ("1001.0005", "1000"): None,
     }  # fmt: skip
     assert {k: quick_verdict(k) for k in cases} == cases
     for key, verdict in cases.items():  # where it answers, math-verify agrees
