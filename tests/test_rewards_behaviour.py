@@ -120,6 +120,7 @@ def test_an_unbalanced_last_box_falls_back_to_the_previous_one():
     assert last_boxed(r"first \boxed{1} then \boxed{2") == "1"
     assert last_boxed(r"\boxed{\frac{1}{2}} then \boxed{\frac{3}{4}") == r"\frac{1}{2}"
     assert last_boxed(r"\boxed{2") is None
+    assert last_boxed(r"\boxed{1} \boxed{2} \boxed{3") == "2"  # the nearest balanced one, not the first
     assert extract_answer(r"so \boxed{3} and finally \boxed{4") == "3"
 
 
