@@ -102,7 +102,7 @@ def registered_tasks() -> dict[str, Task]:
     """All registered tasks by ``data_source`` (built-ins and entry-point plugins)."""
     global _loaded
     if not _loaded:
-        _loaded = True
+        _loaded = True  # pragma: no mutate (equivalent: None only rescans the cached imports and entry points per call)
         _load_builtin_tasks()
     return dict(_TASKS)
 
