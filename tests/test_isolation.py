@@ -55,6 +55,29 @@ def test_single_worker_is_not_hung_by_a_stuck_task():
         single.close()
 
 
+def math_verify_state() -> tuple[bool, int]:
+    """In the worker: whether math-verify is imported and how many parser configurations are built."""
+    import sys
+
+    from perception_r1.rewards import math_answer
+
+    return "math_verify" in sys.modules, math_answer._configs.cache_info().currsize
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_the_math_check_warm_up_imports_math_verify_and_builds_its_parsers(warm, monkeypatch):
+    """``warm_worker`` moves math-verify's import and parser setup (seconds of sympy) out of the first timed check."""
+    # The worker unpickles `math_verify_state` by module name: let it import this file.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    single = HardTimeoutPool(workers=1)
+    try:
+        if warm:
+            single.prewarm("perception_r1.rewards.math_answer")
+        assert single.submit(math_verify_state, (), timeout_s=60).result(120) == ((True, 1) if warm else (False, 0))
+    finally:
+        single.close()
+
+
 def test_crashed_worker_is_reported_and_replaced(pool):
     with pytest.raises(RuntimeError, match="worker died"):
         pool.submit(os._exit, (3,), timeout_s=60).result(60)

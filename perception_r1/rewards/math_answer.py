@@ -161,9 +161,12 @@ def _parse_plain(text: str, timeout: int) -> tuple:
     return tuple(parse(text, extraction_config=_configs(), parsing_timeout=timeout))
 
 
+_WARM_UP_PAIR = ("1", "1")  # pragma: no mutate (equivalent: any two strings import and build the same parsers)
+
+
 def warm_worker() -> None:
     """Import math-verify and build its parsers in an isolation worker before its first timed check."""
-    verify_answer("1", "1", timeout_s=MATH_TIMEOUT_S)
+    verify_answer(*_WARM_UP_PAIR, timeout_s=MATH_TIMEOUT_S)
 
 
 def _normalise(text: str) -> str:
