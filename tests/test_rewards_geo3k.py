@@ -155,6 +155,13 @@ def test_verify_answer_equivalences(ground_truth, answer, expected):
     assert verify_answer(ground_truth, answer, 5.0) == expected
 
 
+def test_verify_answer_reads_a_sentence_only_as_a_block_and_refuses_an_unknown_kind():
+    assert verify_answer("5", "The answer is 5", 5.0, kind="block") == 1.0
+    assert verify_answer("5", "The answer is 5", 5.0) == 0.0  # "boxed" by default: one expression, not a sentence
+    with pytest.raises(ValueError, match=r"kind: expected one of \['boxed', 'block'\], got 'Boxed'"):
+        verify_answer("1", "1", 5.0, kind="Boxed")  # a typo must not silently read as "boxed"
+
+
 # ------------------------------------------------------------------------------------------------ n-gram
 
 
@@ -283,6 +290,19 @@ def test_shortcut_agrees_with_math_verify_and_skips_the_pool():
         rows = [row(f"<think>\nx\n</think>\n<answer>\n\\boxed{{{a}}}\n</answer>") for a in ("13", "13.0", "26")]
         assert [r.values["accuracy"] for r in score_rows(local, rows)] == [1.0, 1.0, 0.0]
         assert len(local._memo) == 0  # decided in-process: no worker round trip
+    finally:
+        local.close()
+
+
+def test_math_verify_own_timeout_ends_a_pathological_check_before_the_hard_limit():
+    # With math_timeout_s = 1, math-verify's own (SIGALRM) limits end `9^{9^{9^{9}}}` in seconds inside the worker;
+    # the hard limit (60 s, far off) is for what those limits cannot stop.
+    local = RewardScorer({"math_timeout_s": "1", "math_hard_timeout_s": "60"}, workers=1)
+    try:
+        results = score_rows(local, [row(GOOD.replace("{13}", "{9^{9^{9^{9}}}}")), row(GOOD)])
+        assert [r.isolated_timed_out for r in results] == [False, False]
+        assert [r.values["accuracy"] for r in results] == [0.0, 1.0]
+        assert local.isolated_timeouts == 0
     finally:
         local.close()
 

@@ -115,6 +115,10 @@ def extract_answer(response: str, fallback: bool = True) -> str | None:
     return candidate[1] if candidate is not None else None
 
 
+ANSWER_KINDS = ("boxed", "block")
+"""How :func:`answer_candidate` read an answer, which decides how :func:`verify_answer` parses it."""
+
+
 def verify_answer(ground_truth: str, answer: str, timeout_s: float, kind: str = "boxed") -> float:
     """1.0 when math-verify finds ``answer`` equivalent to ``ground_truth``, else 0.0.
 
@@ -125,6 +129,8 @@ def verify_answer(ground_truth: str, answer: str, timeout_s: float, kind: str = 
     that the one default is the task setting ``math_timeout_s``. Must run on a main thread for math-verify's own
     timeouts to apply (see the module docstring).
     """
+    if kind not in ANSWER_KINDS:
+        raise ValueError(f"kind: expected one of {list(ANSWER_KINDS)}, got {kind!r}")
     from math_verify import verify
 
     timeout = max(1, int(timeout_s))
