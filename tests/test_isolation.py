@@ -27,6 +27,12 @@ def pool():
     p.close()
 
 
+@pytest.fixture
+def workers_import_tests(monkeypatch):
+    """Worker processes unpickle functions of this file by module name: let them import it."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+
+
 def test_results_errors_and_order(pool):
     futures = [pool.submit(math.sqrt, (float(i * i),), timeout_s=60) for i in range(20)]
     assert [f.result(60) for f in futures] == [float(i) for i in range(20)]
@@ -65,10 +71,8 @@ def math_verify_state() -> tuple[bool, int]:
 
 
 @pytest.mark.parametrize("warm", [False, True])
-def test_the_math_check_warm_up_imports_math_verify_and_builds_its_parsers(warm, monkeypatch):
+def test_the_math_check_warm_up_imports_math_verify_and_builds_its_parsers(warm, workers_import_tests):
     """``warm_worker`` moves math-verify's import and parser setup (seconds of sympy) out of the first timed check."""
-    # The worker unpickles `math_verify_state` by module name: let it import this file.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     single = HardTimeoutPool(workers=1)
     try:
         if warm:
@@ -93,11 +97,10 @@ def test_close_is_idempotent_and_final():
         p.submit(math.sqrt, (1.0,), timeout_s=60)
 
 
-def test_worker_startup_and_warmup_are_not_timed(monkeypatch):
+def test_worker_startup_and_warmup_are_not_timed(workers_import_tests):
     # A fresh worker imports its check's module and runs its warm_worker() hook (math-verify: sympy, about a
     # second) before the first check. That must not count against the check's limit, or the first check after
     # every kill would time out on a loaded machine. The module here warms up for 3 s against a 2 s limit.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     import isolation_slow_warmup as slow
 
     assert slow.WARM_UP_S > 2.0
@@ -150,9 +153,7 @@ SLOW_TASK = Task(
 
 
 @pytest.fixture
-def slow_task(monkeypatch):
-    # The worker process unpickles `slow_check` by module name: let it import this file.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+def slow_task(workers_import_tests):
     registry.registered_tasks()  # load the built-ins first
     registry.register_task(SLOW_TASK)
     yield SLOW_TASK
