@@ -12,6 +12,10 @@ subprocesses (the ``score`` CLI, the math-verify isolation workers), so this plu
   and mapping the slow CLI tests to it too would multiply the run time;
 - runs each mutant's tests cheapest first (durations from mutmut's stats), so ``-x`` stops at the first cheap
   failure instead of after the slow subprocess tests;
+- gives each test of a mutant run a wall limit of ``4 x`` its stats duration ``+ 15 s`` (the call, as mutmut times it) (mutmut's own multiplier,
+  applied per test): a mutant that makes one test wait (a pipe never written, a worker that never answers) then
+  ends as mutmut's "timeout" (exit 36, counted as caught, as mutmut counts its own) within seconds of that test's
+  budget, instead of after mutmut's limit for the sum of all its tests (minutes);
 - sets ``PERCEPTION_R1_SHARED_DATA`` to the checkout's ``../shared/data`` (seen from ``mutants/`` the relative path
   would be one level off).
 
@@ -20,6 +24,7 @@ The active mutant reaches subprocesses through mutmut's own ``MUTANT_UNDER_TEST`
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -41,6 +46,83 @@ if ACTIVE:
 
 def _stats_mode() -> bool:
     return ACTIVE and os.environ.get("MUTANT_UNDER_TEST") == "stats"
+
+
+def _mutant_mode() -> bool:
+    """A mutant's test run (not the stats, forced-fail or listing passes)."""
+    return ACTIVE and os.environ.get("MUTANT_UNDER_TEST", "") not in ("", "stats", "fail", "list_all_tests")
+
+
+TIMEOUT_EXIT_CODE = 36  # mutmut's "timeout"
+TIMEOUTS_LOG = "timeouts-by-test.txt"  # in mutants/: which test of which mutant ran past its limit
+TEST_LIMIT_MULTIPLIER = 4.0  # as [tool.mutmut] timeout_multiplier
+# start-up jitter of a loaded 2-core machine (subprocess imports, worker warm-up); the hook's own test lowers it
+TEST_LIMIT_CONSTANT_S = float(os.environ.get("MUTMUT_HOOKS_TEST_SLACK_S", "15"))
+
+
+def call_limit_s(duration_s: float | None) -> float:
+    """Wall limit of one test in a mutant run, from its stats duration (unknown: 120 s of stats time)."""
+    return TEST_LIMIT_MULTIPLIER * (120.0 if duration_s is None else duration_s) + TEST_LIMIT_CONSTANT_S
+
+
+@functools.cache
+def _durations() -> dict[str, float]:
+    """Each test's duration in mutmut's stats pass (empty when there is none yet)."""
+    import json
+
+    try:
+        return json.loads((_HERE / "mutmut-stats.json").read_text())["duration_by_test"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux ``/proc``; elsewhere none)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _expire(nodeid: str, limit: float) -> None:
+    import signal
+
+    with open(_HERE / TIMEOUTS_LOG, "a") as log:  # pytest holds stderr; the run's exit code is all mutmut keeps
+        log.write(f"{os.environ.get('MUTANT_UNDER_TEST')}: {nodeid} ran past its {limit:.0f} s limit\n")
+    for pid in _descendants(os.getpid()):  # the test's subprocesses (score CLI, isolation workers) go with it
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(TIMEOUT_EXIT_CODE)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """In a mutant run, end the whole run as a timeout when one test's call (what mutmut's stats time; not its
+    fixtures' setup) overruns its limit."""
+    if not _mutant_mode():
+        yield
+        return
+    import threading
+
+    limit = call_limit_s(_durations().get(item.nodeid))
+    timer = threading.Timer(limit, _expire, args=(item.nodeid, limit))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -67,13 +149,10 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Cheapest test files first, and the cheapest tests first within each file (file order is kept together so
     module-scoped fixtures are set up once)."""
-    if not ACTIVE or os.environ.get("MUTANT_UNDER_TEST", "") in ("", "stats", "fail", "list_all_tests"):
+    if not _mutant_mode():
         return
-    import json
-
-    try:
-        durations = json.loads((_HERE / "mutmut-stats.json").read_text())["duration_by_test"]
-    except (OSError, ValueError, KeyError):
+    durations = _durations()
+    if not durations:
         return
     cost = {item.nodeid: durations.get(item.nodeid, 1e9) for item in items}
     by_file: dict[str, float] = {}
