@@ -39,19 +39,22 @@ TIMED_OUT: Any = _TimedOut()
 _HEADER = struct.Struct("!Q")
 STARTUP_TIMEOUT_S = 300.0
 """How long a fresh worker may take to start and warm up (not counted against any task's limit)."""
+CLOSE_GRACE_S = 10.0
+"""How long :meth:`HardTimeoutPool.close` lets a running task finish before it kills the worker."""
 
 
 def _warm_module(module: str) -> None:
     """Worker side: import ``module`` and run its ``warm_worker()`` hook if it defines one."""
     from importlib import import_module
 
-    hook = getattr(import_module(module), "warm_worker", None)
+    # Without the default, a module lacking the hook would raise: an error reply, which _warm ignores (equivalent).
+    hook = getattr(import_module(module), "warm_worker", None)  # pragma: no mutate
     if callable(hook):
         hook()
 
 
 def _write_frame(fd: int, obj: Any) -> None:
-    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    payload = pickle.dumps(obj)
     data = _HEADER.pack(len(payload)) + payload
     view = memoryview(data)
     while view:
@@ -62,7 +65,7 @@ def _write_frame(fd: int, obj: Any) -> None:
 def _read_exact(fd: int, size: int) -> bytes:
     chunks = []
     while size:
-        chunk = os.read(fd, min(size, 1 << 20))
+        chunk = os.read(fd, min(size, 1 << 20))  # pragma: no mutate (equivalent: a read size, any is correct)
         if not chunk:
             raise EOFError("worker pipe closed")
         chunks.append(chunk)
@@ -94,7 +97,7 @@ def worker_main() -> None:
         try:
             reply = ("ok", fn(*args))
         except BaseException as exc:  # report, never die on a task's error
-            reply = ("error", f"{type(exc).__name__}: {exc}")
+            reply = ("error", f"{type(exc).__name__}: {exc}")  # pragma: no mutate (equivalent: any status but "ok")
         _write_frame(out_fd, reply)
 
 
@@ -116,14 +119,12 @@ class _Slot:
             [sys.executable, "-m", "perception_r1.isolation"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            bufsize=0,
-            close_fds=True,
-        )
+        )  # the frames go through the pipes' file descriptors, never through the file objects' buffers
         return self.process
 
     def _warm(self, process: subprocess.Popen, module: str) -> None:
         """Import (and warm) ``module`` in the worker, untimed; raises ``OSError`` if it never answers."""
-        assert process.stdin is not None and process.stdout is not None
+        assert process.stdin is not None and process.stdout is not None  # pragma: no mutate (typing: pipes exist)
         _write_frame(process.stdin.fileno(), (_warm_module, (module,)))
         ready, _, _ = select.select([process.stdout.fileno()], [], [], STARTUP_TIMEOUT_S)
         if not ready:
@@ -216,14 +217,19 @@ class HardTimeoutPool:
                 self.tasks.put((None, None, module, None))
 
     def close(self) -> None:
-        """Stop all workers (idempotent)."""
+        """Stop all workers (idempotent). A worker still busy with a task after :data:`CLOSE_GRACE_S` is killed (the
+        task fails with "worker died"), so closing never waits out a long time limit or leaves a process behind."""
         if self._closed:
             return
         self._closed = True
         for _ in self._slots:
             self.tasks.put(None)
         for slot in self._slots:
-            slot.thread.join(timeout=10)
+            slot.thread.join(timeout=CLOSE_GRACE_S)
+            process = slot.process
+            if slot.thread.is_alive() and process is not None:
+                process.kill()  # its thread sees the pipe close, fails the task and then reads the stop request
+                slot.thread.join(timeout=CLOSE_GRACE_S)
 
 
 _live_pools: weakref.WeakSet[HardTimeoutPool] = weakref.WeakSet()

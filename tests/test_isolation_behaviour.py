@@ -55,8 +55,9 @@ def pool(monkeypatch):
     p.close()
 
 
-def test_stray_prints_and_large_results_cross_the_pipe_whole(pool):
+def test_stray_prints_and_large_results_cross_the_pipe_whole(pool, capfd):
     assert pool.submit(noisy, (21,), timeout_s=120).result(300) == 42
+    assert "a stray print from a task 21" in capfd.readouterr().err  # kept, on the worker's stderr
     size = 5 * (1 << 20) + 7  # larger than one read chunk (1 MiB) and one pipe buffer
     assert pool.submit(big, (size,), timeout_s=120).result(300) == "x" * size
     assert pool.submit(noisy, (1,), timeout_s=120).result(300) == 2  # the stream is still in step
@@ -105,6 +106,30 @@ def test_a_timed_out_worker_is_replaced_and_warmed_again(pool):
     assert pool.submit(was_warmed, (), timeout_s=120).result(300) is True
 
 
+def test_a_worker_that_never_finishes_warming_up_fails_its_task_after_the_start_up_limit(pool, monkeypatch):
+    import isolation_hanging_warmup as hanging
+
+    monkeypatch.setattr(isolation, "STARTUP_TIMEOUT_S", 1.0)
+    with pytest.raises(RuntimeError, match=r"^isolated worker died: worker did not start within 1 s$"):
+        pool.submit(hanging.double, (2,), timeout_s=120).result(300)
+    assert pool.submit(noisy, (3,), timeout_s=120).result(300) == 6  # a fresh worker serves the next task
+
+
+def test_close_kills_a_worker_still_busy_after_the_grace_period(pool, monkeypatch):
+    monkeypatch.setattr(isolation, "CLOSE_GRACE_S", 0.5)
+    busy = pool.submit(nap, (600,), timeout_s=600)
+    [slot] = pool._slots
+    for _ in range(30000):
+        if busy.running() and slot.process is not None:
+            break
+        time.sleep(0.01)
+    process = slot.process
+    pool.close()  # does not wait out the task's 600 s
+    assert process.wait(timeout=60) is not None and not slot.thread.is_alive()
+    with pytest.raises(RuntimeError, match="worker died"):
+        busy.result(60)
+
+
 def test_default_worker_count_is_the_cpus_at_most_eight(monkeypatch):
     for cpus, expected in ((3, 3), (32, 8), (None, 1)):
         monkeypatch.setattr(isolation.os, "cpu_count", lambda cpus=cpus: cpus)
@@ -137,10 +162,10 @@ def test_frames_round_trip_through_a_pipe():
     read_fd, write_fd = os.pipe()
     try:
         isolation._write_frame(write_fd, {"a": [1, 2, 3]})
-        assert isolation._read_frame(read_fd) == {"a": [1, 2, 3]}
-        os.close(write_fd)
+        os.close(write_fd)  # a reader that wants more than the frame then sees the end, not a wait
         write_fd = -1
-        with pytest.raises(EOFError, match="worker pipe closed"):
+        assert isolation._read_frame(read_fd) == {"a": [1, 2, 3]}
+        with pytest.raises(EOFError, match="^worker pipe closed$"):
             isolation._read_frame(read_fd)
     finally:
         os.close(read_fd)
