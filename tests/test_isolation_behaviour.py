@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -171,3 +173,24 @@ def test_frames_round_trip_through_a_pipe():
         os.close(read_fd)
         if write_fd >= 0:
             os.close(write_fd)
+
+
+def test_a_program_that_never_closes_its_pool_still_exits_and_its_workers_go_with_it(tmp_path):
+    program = (
+        "import math\n"
+        "from perception_r1.isolation import HardTimeoutPool\n"
+        "pool = HardTimeoutPool(workers=2)\n"
+        "print(pool.submit(math.sqrt, (4.0,), timeout_s=60).result(120))\n"
+        "print(*(slot.process.pid for slot in pool._slots if slot.process is not None))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result, pids = done.stdout.splitlines()
+    assert result == "2.0"
+    for pid in pids.split():
+        stat = Path(f"/proc/{pid}/stat")
+        for _ in range(6000):  # the worker is killed by the exit hook; give the kernel a moment to reap it
+            if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.01)
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
