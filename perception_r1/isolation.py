@@ -173,7 +173,7 @@ class _Slot:
                 continue
             try:
                 process = self._ensure_process()
-                assert process.stdin is not None and process.stdout is not None
+                assert process.stdin is not None and process.stdout is not None  # pragma: no mutate (typing: pipes exist)
                 module = getattr(fn, "__module__", None)
                 if module and module not in self.warmed:
                     self._warm(process, module)
