@@ -160,7 +160,7 @@ def test_smart_resize_matches_transformers():
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as reference
 
     rng = np.random.default_rng(0)
-    sizes = [(480, 640), (3300, 2550), (307, 957), (1237, 626), (28, 28), (10, 1000), (56, 56), (1, 150), (8000, 9000)]
+    sizes = [(480, 640), (3300, 2550), (307, 957), (150, 1), (1237, 626), (28, 28), (10, 1000), (56, 56), (1, 150), (8000, 9000)]
     sizes += [tuple(int(v) for v in rng.integers(1, 5000, size=2)) for _ in range(300)]
     limits = [(3136, 12845056), (3136, 1003520), (200704, 401408), (256 * 28 * 28, 1280 * 28 * 28)]
     for h, w in sizes:
@@ -168,6 +168,10 @@ def test_smart_resize_matches_transformers():
             continue
         for lo, hi in limits:
             assert smart_resize(h, w, 28, lo, hi) == reference(h, w, factor=28, min_pixels=lo, max_pixels=hi), (h, w)
+    # 290 x 270 rounds to 280 x 280 = 78,400 px: a pixel count exactly at either limit is kept, not rescaled
+    for lo, hi in ((3136, 78400), (78400, 12845056)):
+        assert smart_resize(290, 270, 28, lo, hi) == reference(290, 270, factor=28, min_pixels=lo, max_pixels=hi)
+        assert smart_resize(290, 270, 28, lo, hi) == (280, 280)
     with pytest.raises(ValueError, match="aspect ratio"):
         smart_resize(1, 500)
 

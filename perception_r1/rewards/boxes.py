@@ -186,7 +186,7 @@ class Parsed:
 
 
 def _empty(width: int) -> np.ndarray:
-    return np.zeros((0, width), dtype=np.float64)
+    return np.zeros((0, width))  # float64, numpy's default
 
 
 # ---------------------------------------------------------------- regexes
