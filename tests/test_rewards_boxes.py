@@ -41,6 +41,7 @@ from perception_r1.rewards.boxes import (
             "special_tokens",
         ),
         ("the cat(10,20),(300,400)", [[10, 20, 300, 400]], ["the cat"], "tuples"),
+        ("(10,20),(300,400)", [[10, 20, 300, 400]], [None], "tuples"),  # no text before it: no label
         ("cat (1, 2), (3, 4)\ndog (5,6),(7,8)", [[1, 2, 3, 4], [5, 6, 7, 8]], ["cat", "dog"], "tuples"),
         ('[{"bbox_2d": [1, 2, 3, 4], "label": "cat"}]', [[1, 2, 3, 4]], ["cat"], "json"),
         (
@@ -88,6 +89,9 @@ def test_parse_boxes_syntaxes(text, coords, labels, syntax):
         ("<|box_start|>(left,top),(right,bottom)<|box_end|>", 0, 1),
         ("cat (5, 5), (1, 1)", 0, 1),
         ("[40, 20, 30, 10]", 0, 1),
+        # every bad item is counted, and reading goes on past them
+        ("cat (5, 5), (1, 1) dog (6, 6), (2, 2) bird (1, 2), (3, 4)", 1, 2),
+        ("[40, 20, 30, 10] [50, 20, 30, 10] [1, 2, 3, 4]", 1, 2),
     ],
 )
 def test_malformed_items_are_dropped_and_counted(text, kept, dropped):

@@ -295,13 +295,11 @@ def _read_json(text: str, keys: tuple[str, ...], width: int) -> tuple[list[tuple
     body = _json_text(text)
     items: list[tuple[list[float], str | None]] = []
     dropped = 0
-    seen = False
     for chunk, obj in _objects(body):
         if isinstance(obj, dict):
             key = next((k for k in keys if k in obj), None)
             if key is None:
                 continue
-            seen = True
             coords = _numbers(obj[key], width) if isinstance(obj[key], list) else None
             label_value = next((obj[k] for k in _LABEL_KEYS if k in obj), None)
             label = _clean_label(label_value) if isinstance(label_value, (str, int, float)) else None
@@ -309,7 +307,6 @@ def _read_json(text: str, keys: tuple[str, ...], width: int) -> tuple[list[tuple
             found = [m for m in _KEY_LIST.finditer(chunk) if m.group(1) in keys]
             if not found:
                 continue
-            seen = True
             coords = _numbers(_split_list(found[0].group(2)), width)
             label_match = _LABEL_FIELD.search(chunk)
             label = _clean_label(label_match.group(1)) if label_match else None
@@ -317,7 +314,7 @@ def _read_json(text: str, keys: tuple[str, ...], width: int) -> tuple[list[tuple
             dropped += 1
             continue
         items.append((coords, label))
-    return (items, dropped) if seen else None
+    return (items, dropped) if items or dropped else None  # every match is kept or dropped
 
 
 def _read_special(text: str) -> tuple[list[tuple[list[float], str | None]], int] | None:
@@ -341,11 +338,9 @@ def _read_special(text: str) -> tuple[list[tuple[list[float], str | None]], int]
 def _read_tuples(text: str) -> tuple[list[tuple[list[float], str | None]], int] | None:
     items: list[tuple[list[float], str | None]] = []
     dropped = 0
-    seen = False
     label: str | None = None
-    last = 0
+    last = 0  # pragma: no mutate (equivalent: text[None:] is text[0:])
     for match in _TUPLE_BOX.finditer(text):
-        seen = True
         before = _clean_label(text[last : match.start()])
         if before is not None and any(ch.isalpha() for ch in before):
             label = before
@@ -355,22 +350,20 @@ def _read_tuples(text: str) -> tuple[list[tuple[list[float], str | None]], int] 
             dropped += 1
             continue
         items.append((coords, label))  # type: ignore[arg-type]
-    return (items, dropped) if seen else None
+    return (items, dropped) if items or dropped else None  # every match is kept or dropped
 
 
 def _read_lists(text: str, width: int) -> tuple[list[tuple[list[float], str | None]], int] | None:
     pattern = _LIST4 if width == 4 else _LIST2
     items: list[tuple[list[float], str | None]] = []
     dropped = 0
-    seen = False
     for match in pattern.finditer(text):
-        seen = True
         coords = _numbers(match.groups(), width)
         if coords is None or (width == 4 and not _valid_box(coords)):
             dropped += 1
             continue
         items.append((coords, None))
-    return (items, dropped) if seen else None
+    return (items, dropped) if items or dropped else None  # every match is kept or dropped
 
 
 def _is_empty_json_list(text: str) -> bool:
