@@ -209,7 +209,7 @@ class HardTimeoutPool:
         self.tasks: queue.SimpleQueue = queue.SimpleQueue()
         self.timeouts = 0
         self._slots = [_Slot(self) for _ in range(self.workers)]
-        self._closed = False
+        self._closed = False  # pragma: no mutate (equivalent: None is as false)
         _live_pools.add(self)
 
     def submit(self, fn: Callable[..., Any], args: tuple, timeout_s: float) -> Future:

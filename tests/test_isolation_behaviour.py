@@ -19,16 +19,22 @@ from perception_r1 import isolation
 from perception_r1.isolation import TIMED_OUT, HardTimeoutPool
 
 WARMED = False
+WARM_CALLS = 0
 
 
 def warm_worker() -> None:
     """Called once in a fresh worker before its first task from this module."""
-    global WARMED
+    global WARMED, WARM_CALLS
     WARMED = True
+    WARM_CALLS += 1
 
 
 def was_warmed() -> bool:
     return WARMED
+
+
+def warm_calls() -> int:
+    return WARM_CALLS
 
 
 def noisy(value: int) -> int:
@@ -67,6 +73,13 @@ def test_stray_prints_and_large_results_cross_the_pipe_whole(pool, capfd):
 
 def test_a_fresh_worker_runs_the_modules_warm_hook(pool):
     assert pool.submit(was_warmed, (), timeout_s=120).result(300) is True
+    assert pool.submit(warm_calls, (), timeout_s=120).result(300) == 1  # once per worker, not per task
+
+
+def test_a_callable_without_a_module_runs_unwarmed(pool):
+    add = (4.0).__add__  # a method-wrapper: picklable, no __module__
+    assert not hasattr(add, "__module__")
+    assert pool.submit(add, (1.0,), timeout_s=120).result(300) == 5.0
 
 
 def test_prewarm_warms_the_module_in_the_background(pool):
@@ -106,6 +119,8 @@ def test_a_timed_out_worker_is_replaced_and_warmed_again(pool):
     assert pool.submit(nap, (600,), timeout_s=0.5).result(300) is TIMED_OUT
     assert pool.timeouts == 1 and not pool._slots[0].warmed  # the killed worker's warm state is gone
     assert pool.submit(was_warmed, (), timeout_s=120).result(300) is True
+    assert pool.submit(nap, (600,), timeout_s=0.5).result(300) is TIMED_OUT
+    assert pool.timeouts == 2  # every kill is counted
 
 
 def test_a_worker_that_never_finishes_warming_up_fails_its_task_after_the_start_up_limit(pool, monkeypatch):
