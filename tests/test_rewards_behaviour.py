@@ -479,9 +479,12 @@ def test_geometry():
     from perception_r1.rewards.boxes import box_area, box_iou, pairwise_iou
 
     assert box_area(np.array([[0, 0, 2, 3], [5, 5, 4, 9]])).tolist() == [6.0, 0.0]
+    assert box_area(np.array([[0, 0, 10, 0], [0, 0, 10, 0.5], [0, 0, 10, -2]])).tolist() == [0.0, 5.0, 0.0]
     a, b = np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [20, 20, 30, 30]])
     assert pairwise_iou(a, b).tolist() == [[50 / 150, 0.0]]
     assert pairwise_iou(a, np.zeros((0, 4))).shape == (1, 0)
+    for empty in (pairwise_iou(np.zeros((0, 4)), b), pairwise_iou([], [])):
+        assert empty.size == 0 and empty.dtype == np.float64 and empty.shape[0] == 0
     assert float(box_iou(a[0], b[0])) == pytest.approx(1 / 3) and box_iou(a[0], b[0]).shape == ()
     assert box_iou(np.vstack([a, a]), b).tolist() == pytest.approx([1 / 3, 0.0])
     assert pairwise_iou(np.array([[0, 0, 0, 0]]), np.array([[0, 0, 0, 0]])).tolist() == [[0.0]]  # empty union

@@ -51,6 +51,10 @@ from perception_r1.rewards.boxes import (
             "json",
         ),
         ('{"bbox_2d": [1, 2, 3, 4], "label": "cat"}', [[1, 2, 3, 4]], ["cat"], "json"),
+        # valid JSON is read whole, so braces inside a label are text (object by object, they would split it)
+        ('[{"bbox_2d": [1, 2, 3, 4], "label": "a {b} c"}]', [[1, 2, 3, 4]], ["a {b} c"], "json"),
+        ('{"bbox_2d": [1, 2, 3, 4], "label": "a {b} c"}', [[1, 2, 3, 4]], ["a {b} c"], "json"),
+        ('[{"bbox_2d": [1, 2, 3, 4], "label": "cat"}, 5]', [[1, 2, 3, 4]], ["cat"], "json"),  # a non-object item
         # slightly broken JSON: single quotes, trailing commas, missing closing bracket, truncated last object
         (
             "[{'bbox_2d': [1, 2, 3, 4,], 'label': 'cat',}, {\"bbox_2d\": [5, 6, 7, 8], \"label\": \"dog\"",
@@ -83,6 +87,7 @@ def test_parse_boxes_syntaxes(text, coords, labels, syntax):
         ('[{"bbox_2d": [1, 2, Infinity, 4]}]', 0, 1),
         ('[{"bbox_2d": [30, 2, 10, 4]}, {"bbox_2d": [1, 2, 3, 4]}]', 1, 1),  # reversed x
         ('[{"bbox_2d": [1, 4, 3, 4]}]', 0, 1),  # zero height
+        ('[{"bbox_2d": [3, 2, 3, 4]}]', 0, 1),  # zero width
         ('[{"bbox_2d": ["a", 2, 3, 4]}, {"bbox_2d": [1, 2, 3]}, {"bbox_2d": "x"}]', 0, 3),  # text / wrong length
         ('[{"bbox_2d": [true, 2, 3, 4]}]', 0, 1),  # a bool is not a number
         ("<|box_start|>(nan,1),(2,3)<|box_end|><|box_start|>(1,1),(2,3)<|box_end|>", 1, 1),
@@ -178,6 +183,17 @@ def test_smart_resize_matches_transformers():
         assert smart_resize(290, 270, 28, lo, hi) == (280, 280)
     with pytest.raises(ValueError, match="aspect ratio"):
         smart_resize(1, 500)
+
+
+def test_frames_round_trip_under_the_runs_pixel_limits():
+    boxes = np.array([[10.0, 20.0, 300.5, 400.0]])
+    limits = {"min_pixels": 200704, "max_pixels": 401408}  # not the defaults: the resized frame differs
+    model = from_original(boxes, "qwen2_5_vl", (2550, 3300), **limits)
+    assert not np.allclose(model, from_original(boxes, "qwen2_5_vl", (2550, 3300)))
+    np.testing.assert_allclose(to_original(model, "qwen2_5_vl", (2550, 3300), **limits), boxes)
+    small = from_original(boxes, "qwen2_5_vl", (20, 30), min_pixels=401408)  # upscaled over a raised floor
+    np.testing.assert_allclose(to_original(small, "qwen2_5_vl", (20, 30), min_pixels=401408), boxes)
+    assert not np.allclose(small, from_original(boxes, "qwen2_5_vl", (20, 30)))
 
 
 @pytest.mark.parametrize("frame", COORD_FRAMES)
