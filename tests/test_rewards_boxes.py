@@ -90,6 +90,7 @@ def test_parse_boxes_syntaxes(text, coords, labels, syntax):
         ('[{"bbox_2d": [3, 2, 3, 4]}]', 0, 1),  # zero width
         ('[{"bbox_2d": ["a", 2, 3, 4]}, {"bbox_2d": [1, 2, 3]}, {"bbox_2d": "x"}]', 0, 3),  # text / wrong length
         ('[{"bbox_2d": [true, 2, 3, 4]}]', 0, 1),  # a bool is not a number
+        ('[{"bbox_2d": [1, 2, 3, 1' + "0" * 400 + ']}, {"bbox_2d": [1, 2, 3, 4]}]', 1, 1),  # no float holds it
         ("<|box_start|>(nan,1),(2,3)<|box_end|><|box_start|>(1,1),(2,3)<|box_end|>", 1, 1),
         ("<|box_start|>(left,top),(right,bottom)<|box_end|>", 0, 1),
         ("cat (5, 5), (1, 1)", 0, 1),
@@ -128,6 +129,8 @@ def test_cap_counts_items_beyond_it():
         '{"bbox_2d": [' * 10_000,
         "\x00\ud800 weird",
         '[{"bbox_2d": [1e400, 2, 3, 4]}]',
+        '[{"bbox_2d": [1, 2, 3, 1' + "0" * 400 + ']}]',  # an integer too large for a float
+        "[1, 2, 3, 1" + "0" * 400 + "]",
         '[{"bbox_2d": [1, 2, 3, 4], "label": {"nested": 1}}]',
     ],
 )
@@ -135,6 +138,7 @@ def test_hostile_input_never_raises(text):
     for parse in (parse_boxes, parse_points):
         parsed = parse(text)
         assert np.all(np.isfinite(parsed.coords))
+        assert parsed.coords.ndim == 2 and parsed.coords.shape[1] == (2 if parse is parse_points else 4)
 
 
 def test_parse_points():

@@ -211,16 +211,16 @@ _LABEL_STRIP = " \t\r\n,.;:-*\"'`[]{}"
 
 
 def _number(value: Any) -> float | None:
-    """A finite float from a JSON/regex value, or ``None`` (text, bools, NaN, inf are not numbers here)."""
+    """A finite float from a JSON/regex value, or ``None`` (text, bools, NaN, inf and ints too large for a float are
+    not numbers here). JSON and the regexes give exact ``int``/``float``/``str``: ``bool`` is not one of them."""
     kind = type(value)
-    if kind is float or kind is int:  # the common case first (bool is a subclass of int, not these types)
-        v = float(value)
-    elif isinstance(value, str):
-        if not re.fullmatch(_NUM, value.strip()):
+    if kind is float or kind is int:
+        try:
+            v = float(value)
+        except OverflowError:  # a JSON integer of hundreds of digits
             return None
-        v = float(value)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        v = float(value)
+    elif kind is str and re.fullmatch(_NUM, value.strip()):
+        v = float(value)  # a string of digits overflows to inf, never raises
     else:
         return None
     return v if math.isfinite(v) else None
