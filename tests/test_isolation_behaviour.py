@@ -132,7 +132,7 @@ def test_a_worker_that_never_finishes_warming_up_fails_its_task_after_the_start_
     assert pool.submit(noisy, (3,), timeout_s=120).result(300) == 6  # a fresh worker serves the next task
 
 
-def test_close_kills_a_worker_still_busy_after_the_grace_period(pool, monkeypatch):
+def test_close_kills_a_worker_still_busy_after_the_grace_period_and_fails_its_task(pool, monkeypatch):
     monkeypatch.setattr(isolation, "CLOSE_GRACE_S", 0.5)
     busy = pool.submit(nap, (600,), timeout_s=600)
     [slot] = pool._slots
