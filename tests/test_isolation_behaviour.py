@@ -116,7 +116,10 @@ def test_an_unpicklable_task_fails_alone(pool):
 
 
 def test_a_timed_out_worker_is_replaced_and_warmed_again(pool):
+    assert pool.submit(noisy, (1,), timeout_s=120).result(300) == 2
+    killed = pool._slots[0].process
     assert pool.submit(nap, (600,), timeout_s=0.5).result(300) is TIMED_OUT
+    assert killed.poll() is not None and killed.stdin.closed and killed.stdout.closed  # no pipe left open
     assert pool.timeouts == 1 and not pool._slots[0].warmed  # the killed worker's warm state is gone
     assert pool.submit(was_warmed, (), timeout_s=120).result(300) is True
     assert pool.submit(nap, (600,), timeout_s=0.5).result(300) is TIMED_OUT
