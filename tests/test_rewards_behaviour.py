@@ -458,6 +458,8 @@ def test_smart_resize_limits_and_errors():
         smart_resize(5, 0)
     with pytest.raises(ValueError, match=r"^absolute aspect ratio must be smaller than 200, got 250\.0$"):
         smart_resize(2, 500)  # the ratio, not the pixel count (1000)
+    with pytest.raises(ValueError, match=r"got 200\.5$"):
+        smart_resize(2, 401)  # just past 200
 
 
 def test_frames_convert_to_original_pixels():

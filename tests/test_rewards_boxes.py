@@ -74,6 +74,7 @@ from perception_r1.rewards.boxes import (
 )
 def test_parse_boxes_syntaxes(text, coords, labels, syntax):
     parsed = parse_boxes(text)
+    assert parsed.coords.shape == (len(coords), 4)
     assert parsed.coords.tolist() == [[float(v) for v in box] for box in coords]
     assert parsed.labels == labels
     assert parsed.syntax == syntax
@@ -150,7 +151,7 @@ def test_parse_points():
     # boxes count through their centres; plain [x, y] lists are the last resort
     assert parse_points("<|box_start|>(0,0),(10,20)<|box_end|>").coords.tolist() == [[5, 10]]
     assert parse_points("[3, 4] and [5, 6]").coords.tolist() == [[3, 4], [5, 6]]
-    assert parse_points("[]").syntax == "json_empty"
+    assert parse_points("[]").syntax == "json_empty" and parse_points("[]").coords.shape == (0, 2)
     assert parse_points("no points").syntax is None
 
 

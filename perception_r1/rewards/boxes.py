@@ -374,7 +374,9 @@ def _finish(found: tuple[list[tuple[list[float], str | None]], int], width: int,
     items, dropped = found
     cap = max(int(max_items), 0)
     kept = items[:cap]
-    coords = np.asarray([c for c, _ in kept], dtype=np.float64).reshape(-1, width)
+    # Equivalent dtype mutants: the items are Python floats (_number), and an empty list is float64 too.
+    values = np.asarray([c for c, _ in kept], dtype=np.float64)  # pragma: no mutate
+    coords = values.reshape(-1, width)
     return Parsed(coords, [lab for _, lab in kept], dropped, len(items) - len(kept), syntax)
 
 
