@@ -389,8 +389,11 @@ def test_resolve_frame_precedence_and_contradictions():
     assert tuple(vars(resolve_frame(default, row)).values()) == ("qwen2_5_vl", 100, 200)
     explicit = PerceptionSettings(coord_frame="qwen3_vl", max_pixels=500)
     assert resolve_frame(explicit, {"coord_frame": "qwen2_vl"}).name == "qwen3_vl"  # same conversion: no conflict
+    assert resolve_frame(PerceptionSettings(coord_frame="qwen2_vl"), {"coord_frame": "qwen3_vl"}).name == "qwen2_vl"
     assert resolve_frame(explicit, {"max_pixels": 900}).max_pixels == 500  # the run's value wins outside qwen2_5_vl
-    with pytest.raises(ValueError, match=r"^extra_info\.coord_frame: the row was built for 'qwen2_5_vl' but the run "):
+    with pytest.raises(ValueError, match=r"^extra_info\.coord_frame: the row was built for 'qwen2_5_vl' but the run "
+                       r"sets coord_frame='qwen3_vl' \(rebuild the data with --coord-frame, or drop the setting to "
+                       r"score each row in its recorded frame\)$"):  # fmt: skip
         resolve_frame(explicit, row)
     with pytest.raises(ValueError, match=r"^extra_info\.max_pixels: the row was built for max_pixels=200 but the run "):
         resolve_frame(PerceptionSettings(coord_frame="qwen2_5_vl", max_pixels=300), row)
@@ -650,8 +653,24 @@ def test_an_unusable_image_size_drops_every_item():
 
     parsed_, ok = read_prediction("[1,2,3,4] [5,6,7,8]", PerceptionSettings(coord_frame="qwen2_5_vl"), (1, 300))
     assert len(parsed_) == 0 and parsed_.dropped == 2 and parsed_.syntax == "list" and ok
+    assert parsed_.coords.shape == (0, 4)
+    # a malformed item already dropped is counted with the valid ones the frame could not place
+    parsed_, _ = read_prediction("[1,2,3,4] [9,6,7,8]", PerceptionSettings(coord_frame="qwen2_5_vl"), (1, 300))
+    assert len(parsed_) == 0 and parsed_.dropped == 2
+    unplaced, _ = read_prediction("[1,2]", PerceptionSettings(coord_frame="qwen2_5_vl"), (1, 300), points=True)
+    assert unplaced.coords.shape == (0, 2) and unplaced.dropped == 1
     points, _ = read_prediction("[1,2]", PerceptionSettings(coord_frame="absolute"), (10, 10), points=True)
     assert points.coords.tolist() == [[1, 2]]
+
+
+def test_predictions_are_placed_with_the_runs_pixel_limits():
+    from perception_r1.rewards.boxes import PerceptionSettings, from_original, read_prediction
+
+    limits = {"min_pixels": 3136, "max_pixels": 200704}  # 2550 x 3300 is resized far below the default cap
+    model = from_original([[100.0, 200.0, 300.0, 400.0]], "qwen2_5_vl", (2550, 3300), **limits)
+    response = "[" + ", ".join(f"{v:.6f}" for v in model[0]) + "]"
+    parsed_, _ = read_prediction(response, PerceptionSettings(coord_frame="qwen2_5_vl", **limits), (2550, 3300))
+    np.testing.assert_allclose(parsed_.coords, [[100.0, 200.0, 300.0, 400.0]], atol=1e-3)
 
 
 # ------------------------------------------------------------------ task scores worked out by hand

@@ -242,6 +242,8 @@ def test_read_image_size_errors():
     ):
         with pytest.raises(ValueError, match="extra_info.image_size"):
             read_image_size(bad)
+    with pytest.raises(ValueError, match=r"^extra_info\.image_size: missing"):
+        read_image_size(["not", "a", "mapping"])  # extra_info that is not a dict: missing, not an AttributeError
 
 
 def test_format_boxes_json_round_trips():

@@ -376,7 +376,7 @@ def _finish(found: tuple[list[tuple[list[float], str | None]], int], width: int,
     kept = items[:cap]
     # Equivalent dtype mutants: the items are Python floats (_number), and an empty list is float64 too.
     values = np.asarray([c for c, _ in kept], dtype=np.float64)  # pragma: no mutate
-    coords = values.reshape(-1, width)
+    coords = values.reshape(-1, width)  # pragma: no mutate (equivalent: numpy reads any negative size as the rest)
     return Parsed(coords, [lab for _, lab in kept], dropped, len(items) - len(kept), syntax)
 
 
