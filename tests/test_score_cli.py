@@ -91,6 +91,8 @@ def test_contract_keys_order_and_values(tmp_path, judge_server):
         "judge_truncated": 0,
     }
     assert len(judge_server.requests) == 2  # only the annotated rows asked the judge
+    mean = (0.1 + 0.9 + 0.7 * 2 / 3 + 0.1 + 0.0 + loop) / 4
+    assert f"scored 4 rows -> {out} (mean score {mean:.4f}, judge_failed 0)" in proc.stderr
 
 
 def test_plumbing_cli_and_in_process_engine_agree(tmp_path, judge_server):

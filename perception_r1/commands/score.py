@@ -439,7 +439,7 @@ def write_output(
     with atomic_writer(output) as handle:
         for entry in resume.entries():
             values = entry["v"]
-            handle.write(json.dumps(values, ensure_ascii=False) + "\n")
+            handle.write(json.dumps(values) + "\n")  # numbers only: no text to escape
             total += float(values["score"])
             if entry["judged"]:
                 judged += 1
