@@ -395,10 +395,13 @@ def test_resolve_frame_precedence_and_contradictions():
                        r"sets coord_frame='qwen3_vl' \(rebuild the data with --coord-frame, or drop the setting to "
                        r"score each row in its recorded frame\)$"):  # fmt: skip
         resolve_frame(explicit, row)
-    with pytest.raises(ValueError, match=r"^extra_info\.max_pixels: the row was built for max_pixels=200 but the run "):
+    with pytest.raises(ValueError, match=r"^extra_info\.max_pixels: the row was built for max_pixels=200 but the run "
+                       r"sets max_pixels=300 \(qwen2_5_vl coordinates are pixels of the resized image, so both must "
+                       r"agree\)$"):  # fmt: skip
         resolve_frame(PerceptionSettings(coord_frame="qwen2_5_vl", max_pixels=300), row)
     with pytest.raises(ValueError, match=r"^extra_info\.min_pixels: the row was built for min_pixels=100"):
         resolve_frame(PerceptionSettings(min_pixels=50), row)
+    assert resolve_frame(default, {"coord_frame": "qwen2_5_vl", "min_pixels": 1}).min_pixels == 1  # 1 is positive
     filled = settings_for_row(default, row)
     assert (filled.coord_frame, filled.min_pixels, filled.max_pixels) == ("qwen2_5_vl", 100, 200)
 

@@ -55,6 +55,9 @@ from perception_r1.rewards.boxes import (
         ('[{"bbox_2d": [1, 2, 3, 4], "label": "a {b} c"}]', [[1, 2, 3, 4]], ["a {b} c"], "json"),
         ('{"bbox_2d": [1, 2, 3, 4], "label": "a {b} c"}', [[1, 2, 3, 4]], ["a {b} c"], "json"),
         ('[{"bbox_2d": [1, 2, 3, 4], "label": "cat"}, 5]', [[1, 2, 3, 4]], ["cat"], "json"),  # a non-object item
+        # objects without a box key are skipped, whole or broken, and reading goes on
+        ('[{"label": "x"}, {"bbox_2d": [1, 2, 3, 4], "label": "cat"}]', [[1, 2, 3, 4]], ["cat"], "json"),
+        ('[{label: x}, {"bbox_2d": [1, 2, 3, 4], "label": "cat"}]', [[1, 2, 3, 4]], ["cat"], "json"),
         # slightly broken JSON: single quotes, trailing commas, missing closing bracket, truncated last object
         (
             "[{'bbox_2d': [1, 2, 3, 4,], 'label': 'cat',}, {\"bbox_2d\": [5, 6, 7, 8], \"label\": \"dog\"",
@@ -91,6 +94,7 @@ def test_parse_boxes_syntaxes(text, coords, labels, syntax):
         ('[{"bbox_2d": [3, 2, 3, 4]}]', 0, 1),  # zero width
         ('[{"bbox_2d": ["a", 2, 3, 4]}, {"bbox_2d": [1, 2, 3]}, {"bbox_2d": "x"}]', 0, 3),  # text / wrong length
         ('[{"bbox_2d": [true, 2, 3, 4]}]', 0, 1),  # a bool is not a number
+        ('[{"bbox_2d": "1234"}, {"bbox_2d": 5}]', 0, 2),  # not a list: never read character by character
         ('[{"bbox_2d": [1, 2, 3, 1' + "0" * 400 + ']}, {"bbox_2d": [1, 2, 3, 4]}]', 1, 1),  # no float holds it
         ("<|box_start|>(nan,1),(2,3)<|box_end|><|box_start|>(1,1),(2,3)<|box_end|>", 1, 1),
         ("<|box_start|>(left,top),(right,bottom)<|box_end|>", 0, 1),
