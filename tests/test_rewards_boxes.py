@@ -169,6 +169,8 @@ def test_split_answer_templates():
     twice = "<think>a</think><answer>[1,2,3,4]</answer><answer>[5,6,7,8]</answer>"
     assert split_answer(twice, thinking=True)[1] is False
     assert split_answer("<think>a</think> junk <answer>x</answer>", thinking=True)[1] is False
+    for thinking in (False, True):  # a response that is not text is an empty answer, never a template pass
+        assert split_answer(None, thinking=thinking) == ("", False)
 
 
 # ------------------------------------------------------------------ frames
@@ -192,6 +194,11 @@ def test_smart_resize_matches_transformers():
         assert smart_resize(290, 270, 28, lo, hi) == (280, 280)
     with pytest.raises(ValueError, match="aspect ratio"):
         smart_resize(1, 500)
+
+
+def test_a_single_flat_box_converts_too():
+    np.testing.assert_allclose(to_original([100, 200, 500, 700], "qwen2_vl", (2000, 1000)), [200, 200, 1000, 700])
+    np.testing.assert_allclose(from_original([200, 200], "qwen2_vl", (2000, 1000)), [100, 200])
 
 
 @pytest.mark.parametrize("convert", [to_original, from_original])

@@ -455,13 +455,12 @@ def split_answer(response: str, thinking: bool) -> tuple[str, bool]:
         return text, bool(text.strip())
     stripped = text.strip()
     tags = ("<think>", "</think>", "<answer>", "</answer>")
-    ok = (
-        all(stripped.count(tag) == 1 for tag in tags)
-        and stripped.startswith("<think>")
-        and stripped.endswith("</answer>")
-        and stripped.find("</think>") < stripped.find("<answer>")
-        and not stripped[stripped.find("</think>") + len("</think>") : stripped.find("<answer>")].strip()
-    )
+    ok = all(stripped.count(tag) == 1 for tag in tags) and stripped.startswith("<think>") and stripped.endswith("</answer>")
+    if ok:
+        # Each tag occurs once here, so find and rfind agree (equivalent mutants), and two tags never share a position
+        # (so `<=` for `<` below is equivalent too).
+        think_end, answer_start = stripped.find("</think>"), stripped.find("<answer>")  # pragma: no mutate
+        ok = think_end < answer_start and not stripped[think_end + len("</think>") : answer_start].strip()
     start, end = text.rfind("<answer>"), text.rfind("</answer>")
     if start != -1 and end > start:
         return text[start + len("<answer>") : end].strip(), ok
