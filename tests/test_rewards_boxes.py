@@ -167,7 +167,8 @@ def test_split_answer_templates():
     assert split_answer("[1,2,3,4]", thinking=True) == ("[1,2,3,4]", False)
     assert split_answer("<answer>[1,2,3,4]</answer>", thinking=True) == ("[1,2,3,4]", False)
     twice = "<think>a</think><answer>[1,2,3,4]</answer><answer>[5,6,7,8]</answer>"
-    assert split_answer(twice, thinking=True)[1] is False
+    assert split_answer(twice, thinking=True) == ("[5,6,7,8]", False)  # the last block is the answer
+    assert split_answer("[1,2,3,4]</answer>", thinking=True) == ("[1,2,3,4]</answer>", False)  # no opening tag
     assert split_answer("<think>a</think> junk <answer>x</answer>", thinking=True)[1] is False
     for thinking in (False, True):  # a response that is not text is an empty answer, never a template pass
         assert split_answer(None, thinking=thinking) == ("", False)
