@@ -286,7 +286,7 @@ def _objects(body: str) -> list[tuple[str, Any]]:
     if isinstance(whole, list) and whole and all(isinstance(o, dict) for o in whole):
         flat = all(not isinstance(v, dict) for o in whole for v in o.values())
         if flat:
-            return [("", o) for o in whole]  # pragma: no mutate (equivalent: the chunk is read only when o is None)
+            return [("", o) for o in whole]  # pragma: no mutate (equivalent: the chunk is read only for an object that did not parse)
     return [(m.group(0), _loads_lenient(m.group(0))) for m in _FLAT_OBJECT.finditer(body)]
 
 
