@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_state import has_ended
 
 from perception_r1 import isolation
 from perception_r1.isolation import TIMED_OUT, HardTimeoutPool
@@ -207,10 +208,9 @@ def test_a_program_that_never_closes_its_pool_still_exits_and_its_workers_go_wit
     assert done.returncode == 0, done.stderr
     result, pids = done.stdout.splitlines()
     assert result == "2.0"
-    for pid in pids.split():
-        stat = Path(f"/proc/{pid}/stat")
+    for pid in map(int, pids.split()):
         for _ in range(6000):  # the worker is killed by the exit hook; give the kernel a moment to reap it
-            if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            if has_ended(pid):
                 break
             time.sleep(0.01)
-        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        assert has_ended(pid)

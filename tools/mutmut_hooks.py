@@ -12,8 +12,8 @@ subprocesses (the ``score`` CLI, the math-verify isolation workers), so this plu
   and mapping the slow CLI tests to it too would multiply the run time;
 - runs each mutant's tests cheapest first (durations from mutmut's stats), so ``-x`` stops at the first cheap
   failure instead of after the slow subprocess tests;
-- gives each test of a mutant run a wall limit of ``4 x`` its stats duration ``+ 15 s`` (the call, as mutmut times it) (mutmut's own multiplier,
-  applied per test): a mutant that makes one test wait (a pipe never written, a worker that never answers) then
+- gives each test's call in a mutant run a wall limit of ``4 x`` its stats duration ``+ 15 s`` (mutmut's own
+  multiplier, applied per test; fixture setup, which mutmut does not time, is not limited): a mutant that makes one test wait (a pipe never written, a worker that never answers) then
   ends as mutmut's "timeout" (exit 36, counted as caught, as mutmut counts its own) within seconds of that test's
   budget, instead of after mutmut's limit for the sum of all its tests (minutes);
 - sets ``PERCEPTION_R1_SHARED_DATA`` to the checkout's ``../shared/data`` (seen from ``mutants/`` the relative path
