@@ -146,7 +146,9 @@ def test_resume_header_records_what_the_rows_were_scored_with(tmp_path):
         header = score_cmd.resume_header(scan, scorer, judge)
         assert header["input"] == {"sha256": scan.sha256, "rows": 2}
         assert header["settings"]["pageocr"]["case_sensitive"] is False
-        assert header["judge"]["model"] == "m" and "secret" not in json.dumps(header)
+        assert header["judge"] == {"model": "m", "temperature": judge.temperature, "max_tokens": judge.max_tokens}
+        assert "secret" not in json.dumps(header)
+        assert json.loads(json.dumps(header)) == header  # the file gives back what a rerun compares it with
         no_judged = score_cmd.InputScan(rows=2, judged=0, sha256=scan.sha256)
         assert score_cmd.resume_header(no_judged, scorer, judge)["judge"] is None  # the judge does not matter
     finally:

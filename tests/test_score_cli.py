@@ -189,6 +189,22 @@ def test_set_overrides_are_validated_and_applied(tmp_path):
     assert proc.returncode == 2 and "key=value" in proc.stderr
 
 
+def test_non_ascii_rows_score_under_an_ascii_locale(tmp_path):
+    """A node whose locale is plain ASCII (``LC_ALL=C`` without Python's UTF-8 mode) still scores and writes
+    non-ASCII text: every file the command reads or writes is UTF-8 whatever the locale says."""
+    text = "Grüße aus 東京 — ½"
+    rows = [{"data_source": "pageocr", "response": text, "ground_truth": text, "extra_info": {"note": "ü"}}]
+    ascii_locale = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    proc, out = score(tmp_path, rows * 3)
+    assert proc.returncode == 0, proc.stderr
+    expected = out.read_bytes()
+    assert [r["score"] for r in read(out)] == [2.0] * 3  # an exact read: full credit
+    out.unlink()
+    proc, out = score(tmp_path, rows * 3, env=ascii_locale)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == expected
+
+
 def test_api_key_never_reaches_logs_or_files(tmp_path, judge_server):
     secret = "sk-do-not-leak-7c1f0e"
     # a wrong key: the preflight fails (HTTP 401) and says so; scoring anyway, every judged row fails and is counted
