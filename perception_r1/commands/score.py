@@ -241,8 +241,8 @@ class ResumeFile:
         """Append one scored row. Rows reach the file at least every 0.1 s (a kill loses at most that much
         scoring; Ctrl-C and errors lose nothing: :meth:`close` flushes) and the disk about once a second."""
         final = not (scored.judged and scored.values.get("judge_failed")) and not scored.isolated_error
-        data = (json.dumps({"i": index, "final": final, "judged": scored.judged, "v": scored.values},
-                           ensure_ascii=False) + "\n").encode("utf-8")  # fmt: skip
+        entry = {"i": index, "final": final, "judged": scored.judged, "v": scored.values}
+        data = (json.dumps(entry) + "\n").encode()  # ASCII: a row reads the same whatever the locale
         self.offsets[index] = self._position
         self._handle.write(data)
         self._position += len(data)
@@ -267,7 +267,7 @@ class ResumeFile:
 
     def entries(self) -> Iterator[dict[str, Any]]:
         """The latest entry of every row, in input order (reads the file by offset: bounded memory)."""
-        with open(self.path, "rb") as handle:  # pragma: no mutate (equivalent: rows are numbers, ASCII in any mode)
+        with open(self.path, "rb") as handle:  # pragma: no mutate (equivalent: rows are ASCII JSON, read alike in any mode)
             for index in range(self.rows):
                 offset = self.offsets[index]
                 if offset < 0:  # pragma: no mutate (equivalent: 0 is the header's offset, never a row's)
