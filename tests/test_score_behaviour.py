@@ -209,6 +209,45 @@ def test_resume_file_cuts_a_torn_last_line(tmp_path, caplog):
     assert path.stat().st_size == size and "torn" not in caplog.text
 
 
+def test_resume_rows_reach_the_file_every_tenth_second_and_the_disk_every_second(tmp_path, monkeypatch):
+    """Rows are buffered (a write per row would cost a system call each) but reach the file 0.1 s after the last
+    flush and the disk 1 s after the last fsync, so a kill loses at most 0.1 s of scoring. A clock the test sets
+    stands in for ``time.monotonic``; its times make each limit exact in binary floating point (0.1625 - 0.0625 is
+    0.1), and a sum of two times instead of their difference would cross a limit early."""
+    import os
+    import types
+
+    now = [0.0625]
+    monkeypatch.setattr(score_cmd, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    path = tmp_path / "r.jsonl"
+    resume = score_cmd.ResumeFile(path, header(rows=5), rows=5)
+    real_fsync, synced = os.fsync, []
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    sizes = []
+    try:
+        for index, at in enumerate([0.0625, 0.1125, 0.1625, 0.96, 1.0625]):
+            now[0] = at
+            resume.add(index, scored(1.0))
+            sizes.append((path.stat().st_size, len(synced)))
+    finally:
+        resume.close()
+    header_size = len(json.dumps(header(rows=5), ensure_ascii=False)) + 1
+    row = len(json.dumps({"i": 0, "final": True, "judged": False, "v": {"score": 1.0}})) + 1
+    assert sizes == [
+        (header_size, 0),  # buffered
+        (header_size, 0),  # 0.05 s: still buffered
+        (header_size + 3 * row, 0),  # 0.1 s after opening: in the file, not yet on disk
+        (header_size + 4 * row, 0),  # 0.9 s since the last fsync (at opening)
+        (header_size + 5 * row, 1),  # 1 s: on disk too
+    ]
+    assert len(synced) == 2  # closing syncs what is left
+    again = score_cmd.ResumeFile(path, header(rows=5), rows=5)
+    try:
+        assert [e["i"] for e in again.entries()] == [0, 1, 2, 3, 4]
+    finally:
+        again.close()
+
+
 @pytest.mark.parametrize(
     "other, message",
     [
