@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -18,12 +20,24 @@ from perception_r1.rewards import registry
 from perception_r1.rewards.registry import Task, register_task, registered_tasks
 
 
-def help_text(*args: str) -> str:
+def help_text(*args: str, columns: int | None = None) -> str:
+    env = {**os.environ, "COLUMNS": str(columns)} if columns else None
     proc = subprocess.run(
-        [sys.executable, "-m", "perception_r1", *args, "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "perception_r1", *args, "--help"], capture_output=True, text=True, timeout=120, env=env
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def test_score_help_reads_as_reviewed():
+    """`score --help` is the command's manual: its usage, description and every option's help, word for word as
+    reviewed in tests/fixtures/score_help.txt (the task list after it is checked below). After changing an option:
+    ``COLUMNS=120 python -m perception_r1 score --help | sed '/^data_source values/,$d' > tests/fixtures/score_help.txt``
+    and read the diff."""
+    text = help_text("score", columns=120)
+    reviewed = (Path(__file__).parent / "fixtures" / "score_help.txt").read_text(encoding="utf-8")
+    assert text[: len(reviewed)] == reviewed
+    assert text[len(reviewed) :].startswith("data_source values and their --set keys")
 
 
 def test_score_help_lists_data_sources_and_setting_defaults():
