@@ -82,3 +82,49 @@ def test_the_limit_is_four_times_the_stats_duration_plus_slack():
     slack = mutmut_hooks.TEST_LIMIT_CONSTANT_S
     assert mutmut_hooks.call_limit_s(2.0) == 8.0 + slack
     assert mutmut_hooks.call_limit_s(None) == 480.0 + slack  # a test the stats pass did not time
+
+
+CHILD = """
+import mutmut.mutation.trampoline as trampoline
+import os, sys
+hits = os.environ["MUTMUT_CHILD_HITS"]
+for name in ["perception_r1.commands.score.xǁResumeFileǁadd", "perception_r1.isolation.x_worker_main", "other.x_f",
+             "perception_r1.commands.score.xǁResumeFileǁadd"]:
+    trampoline.record_trampoline_hit(name)
+open(hits, "wb").close()  # the parent truncates the file when the next test begins
+sys.stdin.readline()
+trampoline.record_trampoline_hit("perception_r1.commands.score.xǁResumeFileǁadd")
+"""
+
+
+def test_a_subprocess_reports_each_function_once_per_test_whatever_its_locale(tmp_path):
+    """``tools/mutmut_site/sitecustomize.py`` in a subprocess of a stats run: each function of the mapped modules is
+    written once per test, a new test (the file truncated) starts over, and a method's name with mutmut's "ǁ" is
+    written under a plain-ASCII locale too (a text-mode write there failed the whole stats pass). mutmut itself need
+    not be installed: a stand-in ``mutmut.mutation.trampoline`` with the hook it replaces is on the path."""
+    stand_in = tmp_path / "stand_in" / "mutmut" / "mutation"
+    stand_in.mkdir(parents=True)
+    (stand_in.parent / "__init__.py").write_text("")
+    (stand_in / "__init__.py").write_text("")
+    (stand_in / "trampoline.py").write_text("def record_trampoline_hit(name, caller=None):\n    raise AssertionError\n")
+    hits = tmp_path / "hits.txt"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tools" / "mutmut_site"), str(tmp_path / "stand_in")]),
+        "MUTANT_UNDER_TEST": "stats",
+        "MUTMUT_CHILD_HITS": str(hits),
+        "MUTMUT_CHILD_MODULES": "perception_r1.commands.,perception_r1.isolation.",
+        "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+    }  # fmt: skip
+    script = tmp_path / "child.py"  # a file: argv itself would not decode under this locale
+    script.write_text(CHILD, encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script)], input="\n", capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert hits.read_text(encoding="utf-8") == "perception_r1.commands.score.xǁResumeFileǁadd\n"  # after truncation
+    script.write_text(CHILD.split("open(hits")[0], encoding="utf-8")  # a second run, nothing truncated
+    first = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert hits.read_text(encoding="utf-8") == (
+        "perception_r1.commands.score.xǁResumeFileǁadd\n"  # the one left by the first run
+        "perception_r1.commands.score.xǁResumeFileǁadd\nperception_r1.isolation.x_worker_main\n"
+    )

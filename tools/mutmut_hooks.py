@@ -96,7 +96,7 @@ def _descendants(pid: int) -> list[int]:
 def _expire(nodeid: str, limit: float) -> None:
     import signal
 
-    with open(_HERE / TIMEOUTS_LOG, "a") as log:  # pytest holds stderr; the run's exit code is all mutmut keeps
+    with open(_HERE / TIMEOUTS_LOG, "a", encoding="utf-8") as log:  # pytest holds stderr; the run's exit code is all mutmut keeps
         log.write(f"{os.environ.get('MUTANT_UNDER_TEST')}: {nodeid} ran past its {limit:.0f} s limit\n")
     for pid in _descendants(os.getpid()):  # the test's subprocesses (score CLI, isolation workers) go with it
         try:
@@ -137,7 +137,7 @@ def _merge_child_hits() -> None:
     from mutmut.state import state
 
     prefixes = tuple(p for p in os.environ.get("MUTMUT_CHILD_MODULES", "").split(",") if p)
-    names = {line.strip() for line in HITS.read_text().splitlines() if line.strip().startswith(prefixes)}
+    names = {line.strip() for line in HITS.read_text(encoding="utf-8").splitlines() if line.strip().startswith(prefixes)}
     state()._stats.update(names)
 
 

@@ -27,9 +27,10 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats" and _path:
                 _seen.clear()
             if name not in _seen and name.startswith(_prefixes):
                 _seen.add(name)
-                with open(_path, "a") as handle:
-                    handle.write(name + "\n")
-                size += len(name) + 1
+                line = (name + "\n").encode("utf-8")  # method names hold "ǁ": bytes, whatever the test's locale
+                with open(_path, "ab") as handle:
+                    handle.write(line)
+                size += len(line)
             _size[0] = size
 
         _trampoline.record_trampoline_hit = _record
