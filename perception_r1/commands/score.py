@@ -159,7 +159,7 @@ class ResumeFile:
     def __init__(self, path: Path, header: dict[str, Any], rows: int, restart: bool = False) -> None:
         self.path = path
         self.rows = rows
-        self.offsets = array("q", [-1]) * rows
+        self.offsets = array("q", [-1]) * rows  # pragma: no mutate (equivalent: every row is added before it is read)
         self.final = bytearray(rows)
         self.resumed = 0
         if restart and path.exists():
