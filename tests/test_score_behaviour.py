@@ -122,13 +122,18 @@ def test_a_failure_rate_equal_to_the_limit_still_writes(tmp_path, capsys, caplog
     assert sorted(r["judge_failed"] for r in got) == [0, 1]
 
 
-def test_no_judge_for_annotated_rows_is_refused_before_scoring(tmp_path, capsys):
+def test_no_judge_for_annotated_rows_is_refused_before_scoring(tmp_path, capsys, caplog):
     code, out = run(tmp_path, [JUDGED, OCR])
     err = capsys.readouterr().err
-    assert code == 1 and "1 of 2 rows have visual annotations but no judge is configured" in err
+    missing = (
+        "1 of 2 rows have visual annotations but no judge is configured (set --judge-base-url or VLLM_SERVER_BASE_URL)"
+    )
+    assert code == 1
+    assert f"error: {missing}; pass --max-judge-failure-rate 1 to score them with visual = 0, judge_failed = 1" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rollouts.jsonl"]
     code, out = run(tmp_path, [JUDGED, OCR], "--max-judge-failure-rate", "1")
     assert code == 0
+    assert f"{missing}: they get visual = 0, judge_failed = 1" in caplog.messages
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert got[0]["judge_failed"] == 1 and got[0]["visual"] == 0.0 and got[1]["score"] == 2.0
 
@@ -231,7 +236,7 @@ def test_resume_rows_reach_the_file_every_tenth_second_and_the_disk_every_second
             sizes.append((path.stat().st_size, len(synced)))
     finally:
         resume.close()
-    header_size = len(json.dumps(header(rows=5), ensure_ascii=False)) + 1
+    header_size = len(json.dumps(header(rows=5))) + 1
     row = len(json.dumps({"i": 0, "final": True, "judged": False, "v": {"score": 1.0}})) + 1
     assert sizes == [
         (header_size, 0),  # buffered

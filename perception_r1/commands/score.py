@@ -167,7 +167,7 @@ class ResumeFile:
         fresh = not path.exists()
         if fresh:
             with atomic_writer(path) as handle:  # the header exists before any row does
-                handle.write(json.dumps(header, ensure_ascii=False) + "\n")
+                handle.write(json.dumps(header) + "\n")  # ASCII, as the rows are
         self._handle = open(path, "r+b")
         try:
             import fcntl
