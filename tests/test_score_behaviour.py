@@ -160,6 +160,29 @@ def test_resume_header_records_what_the_rows_were_scored_with(tmp_path):
         scorer.close()
 
 
+def test_the_input_fingerprint_is_of_every_byte_read_in_bounded_memory(tmp_path):
+    """The resume header's sha256 is of the whole file (one changed letter is another input, at the same row
+    count), and it is read in blocks: a 24 MB input never needs a 24 MB buffer."""
+    import hashlib
+    import tracemalloc
+
+    src = write_rows(tmp_path, [{**OCR, "response": "x" * 3000}] * 8000)
+    size = src.stat().st_size
+    assert size > 24_000_000
+    tracemalloc.start()
+    try:
+        scan = score_cmd.scan_input(str(src))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert scan.sha256 == hashlib.sha256(src.read_bytes()).hexdigest() and scan.rows == 8000
+    assert peak < size / 2, peak  # about 7 MB here; one buffer of the file would be all of it
+    text = src.read_text()
+    other = tmp_path / "other.jsonl"
+    other.write_text(text[:-10] + text[-10:].replace("d", "D"))
+    assert score_cmd.scan_input(str(other)).sha256 != scan.sha256
+
+
 # ------------------------------------------------------------------ the resume file, on real files
 
 

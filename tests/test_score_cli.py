@@ -165,6 +165,7 @@ def test_judge_outage_writes_every_row_with_judge_failed(tmp_path):
     proc, out = score(tmp_path, ROWS, *args, "--max-judge-failure-rate", "1")  # knowingly without the judge
     assert proc.returncode == 0, proc.stderr
     assert "unreachable" in proc.stderr and "judge_failed" in proc.stderr  # the preflight warning, then counts
+    assert "; scoring goes on and judged rows get judge_failed = 1\n" in proc.stderr
     got = read(out)
     assert len(got) == len(ROWS)
     assert [r["judge_failed"] for r in got] == [1, 0, 1, 0]
