@@ -80,9 +80,56 @@ def test_rows_come_back_in_input_order_with_hand_computed_scores(tmp_path):
     assert not (tmp_path / "scores.jsonl.resume.jsonl").exists()  # removed once the output is written
 
 
-def test_an_empty_input_writes_an_empty_output(tmp_path):
+def test_an_empty_input_writes_an_empty_output(tmp_path, caplog):
     code, out = run(tmp_path, [])
     assert code == 0 and out.read_text() == ""
+    assert f"{tmp_path / 'rollouts.jsonl'} has no rows: writing an empty {out}" in caplog.messages
+
+
+def test_an_unreadable_input_is_exit_2_naming_it(tmp_path, capsys):
+    missing = tmp_path / "missing.jsonl"
+    code = main(["score", "--input", str(missing), "--output", str(tmp_path / "out.jsonl"), "--workers", "1"])
+    assert code == 2
+    assert f"error: cannot read {missing}: No such file or directory" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_workers_sets_the_number_of_isolated_check_processes(tmp_path):
+    """``--workers 3`` runs exactly 3 math-verify processes (not the machine's default), watched in /proc while the
+    command runs."""
+    import os
+    import threading
+
+    def isolation_children() -> int:
+        count = 0
+        for entry in os.listdir("/proc"):
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except (OSError, ValueError):
+                continue
+            if stat.rsplit(")", 1)[-1].split()[1] == str(os.getpid()) and b"perception_r1.isolation" in cmdline:
+                count += 1
+        return count
+
+    seen, done = [0], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen[0] = max(seen[0], isolation_children())
+            done.wait(0.01)
+
+    rows = [{"data_source": "geo3k_visual", "response": GOOD.replace("13", str(i)), "ground_truth": "13"}
+            for i in range(30)]  # fmt: skip
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        code, out = run(tmp_path, rows, "--workers", "3")  # run() passes --workers 1 first; the last one counts
+    finally:
+        done.set()
+        watcher.join()
+    assert code == 0 and len(out.read_text().splitlines()) == 30
+    assert seen[0] == 3
 
 
 @pytest.mark.parametrize("rate", ["-0.1", "1.5"])

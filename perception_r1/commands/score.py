@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 REQUIRED_FIELDS = ("data_source", "response", "ground_truth")
 RESUME_FORMAT = "perception-r1 score resume file"
 RESUME_VERSION = 1
+READ_BLOCK = 1 << 20  # bytes hashed at a time: the input is fingerprinted in bounded memory
 MEMO_SIZE = 16_384  # isolated-check results remembered: GRPO groups are adjacent, so a small LRU suffices
 DEFAULT_MAX_FAILURE_RATE = 0.5
 
@@ -132,7 +133,7 @@ def scan_input(path: str) -> InputScan:
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
+            for block in iter(lambda: handle.read(READ_BLOCK), b""):
                 digest.update(block)
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror}") from None
