@@ -133,7 +133,7 @@ def test_interrupted_run_resumes_asking_only_for_rows_not_done(tmp_path, slow_ju
     assert second.returncode == 0, second.stderr
     asked_again = slow_judge.request_count - asked_before
     assert asked_again == N_ROWS - len({r["i"] for r in kept})  # only the rows not yet done
-    assert f"resuming: {len(kept)} of {N_ROWS} rows" in second.stderr
+    assert f"score: resuming: {len(kept)} of {N_ROWS} rows already scored in {resume}\n" in second.stderr
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert got == reference  # one row per input row, in input order, same numbers
     assert not resume.exists()  # done: the side file is removed
