@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -181,6 +182,8 @@ def test_judge_failed_rows_are_asked_again_on_resume(tmp_path):
         first = run(cmd)  # 6 of 10 judged rows fail: above the default failure limit of 0.5
         assert first.returncode == 1
         assert "judge failed for 6 of 10 judged rows" in first.stderr and "503" in first.stderr
+        # one reason, counted for each failed row (the rows the judge answered are no reason)
+        assert re.search(r"judge failed for 6 of 10 judged rows \(60%\): [^;\n]*503[^;\n]* \(6 rows\); above", first.stderr)
         assert not out.exists()
         asked = server.request_count
         second = run(cmd)

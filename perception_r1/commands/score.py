@@ -402,9 +402,8 @@ def run(args: argparse.Namespace) -> int:
                     errors[scored.judge_error] += 1
                 bar.update(1)
 
-            try:  # no more lanes than rows left to score
-                window = min(scorer.default_window(), max(1, scan.rows - resume.resumed))
-                await scorer.score_stream(pending(), done, window=window)
+            try:
+                await scorer.score_stream(pending(), done)
             finally:
                 await scorer.aclose()
 
