@@ -187,6 +187,22 @@ def test_no_judge_for_annotated_rows_is_refused_before_scoring(tmp_path, capsys,
     assert got[0]["judge_failed"] == 1 and got[0]["visual"] == 0.0 and got[1]["score"] == 2.0
 
 
+def test_a_resumed_runs_progress_bar_counts_the_rows_already_done(tmp_path, capsys, monkeypatch):
+    """3 of 4 judge calls fail (above the limit: exit 1, the answered row kept); the rerun's bar starts at 1 of 4
+    and ends at 4 of 4, not at the 3 rows it scored."""
+    with OpenAITestServer(models=["judge"]) as server:
+        server.fail_next(3, status=503)
+        args = [*judge_args(server), "--judge-max-concurrency", "1"]
+        code, out = run(tmp_path, [JUDGED] * 4, *args)
+        assert code == 1 and not out.exists()
+        capsys.readouterr()
+        monkeypatch.setenv("PERCEPTION_R1_NO_PROGRESS", "0")
+        code, out = run(tmp_path, [JUDGED] * 4, *args)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "scoring: 100%" in err and "| 4/4 [" in err and "| 3/4 [" not in err.rsplit("\r", 1)[-1]
+
+
 def test_resume_header_records_what_the_rows_were_scored_with(tmp_path):
     src = write_rows(tmp_path, [OCR, JUDGED])
     scan = score_cmd.scan_input(str(src))

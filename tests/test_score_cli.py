@@ -65,7 +65,7 @@ def test_contract_keys_order_and_values(tmp_path, judge_server):
     proc, out = score(tmp_path, ROWS, *judge_args(judge_server), env={"VLLM_SERVER_API_KEY": KEY}, progress=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""  # data goes to the file, progress and logs to stderr
-    assert "scoring" in proc.stderr and "4/4" in proc.stderr  # the tqdm bar
+    assert "scoring: 100%" in proc.stderr and "| 4/4 [" in proc.stderr  # the tqdm bar
     got = read(out)
     assert [list(r) for r in got] == [KEYS] * len(ROWS)
     assert got[0] == {
