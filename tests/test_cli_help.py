@@ -38,6 +38,7 @@ def test_score_help_reads_as_reviewed():
     reviewed = (Path(__file__).parent / "fixtures" / "score_help.txt").read_text(encoding="utf-8")
     assert text[: len(reviewed)] == reviewed
     assert text[len(reviewed) :].startswith("data_source values and their --set keys")
+    assert re.search(r"\n +score +score a rollout JSONL file \(resumable\)\n", help_text())  # the command list
 
 
 def test_score_help_lists_data_sources_and_setting_defaults():

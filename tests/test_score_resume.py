@@ -124,7 +124,12 @@ def test_interrupted_run_resumes_asking_only_for_rows_not_done(tmp_path, slow_ju
     assert first.returncode != 0
     if sig != signal.SIGKILL:
         assert first.returncode == 130
-        assert "rerun the same command to resume" in first.stderr and "Traceback" not in first.stderr
+        assert re.search(
+            rf"error: interrupted: \d+ of {N_ROWS} rows are scored and kept in {re.escape(str(resume))}; rerun the "
+            "same command to resume\n",
+            first.stderr,
+        )
+        assert "Traceback" not in first.stderr
     assert not out.exists()  # no half-written final file
     kept = journal_rows(resume)
     assert 4 <= len(kept) < N_ROWS  # rows done before the interruption were kept
@@ -185,6 +190,7 @@ def test_judge_failed_rows_are_asked_again_on_resume(tmp_path):
         # one reason, counted for each failed row (the rows the judge answered are no reason)
         assert re.search(r"judge failed for 6 of 10 judged rows \(60%\): [^;\n]*503[^;\n]* \(6 rows\); above", first.stderr)
         assert not out.exists()
+        assert f"The rows are kept in {out}.resume.jsonl: fix the judge and rerun the same command" in first.stderr
         asked = server.request_count
         second = run(cmd)
         assert second.returncode == 0, second.stderr
