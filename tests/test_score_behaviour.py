@@ -100,20 +100,13 @@ def test_workers_sets_the_number_of_isolated_check_processes(tmp_path):
     import os
     import threading
 
-    def isolation_children() -> set[str]:
-        found = set()
-        for entry in os.listdir("/proc"):
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except (OSError, ValueError):
-                continue
-            if stat.rsplit(")", 1)[-1].split()[1] == str(os.getpid()) and b"perception_r1.isolation" in cmdline:
-                found.add(entry)
-        return found
+    from process_state import children
+
+    def isolation_children() -> set[int]:
+        return children(os.getpid(), b"perception_r1.isolation")
 
     before = isolation_children()
-    started: set[str] = set()
+    started: set[int] = set()
     done = threading.Event()
 
     def watch() -> None:
